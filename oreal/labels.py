@@ -226,7 +226,7 @@ def relabel_superpixels(sp_map: Any, *, ignore: Optional[int] = None) -> Tuple[T
                             f"{type(sp_map).__name__}") from None
     check_int_tensor(sp_map, "sp_map", ndim=3)
     if ignore is not None:
-        ignore = check_int(ignore, "ignore", minimum=-1)
+        ignore = check_int(ignore, "ignore", minimum=-(2 ** 63))
     n = sp_map.shape[0]
     x = sp_map.long()
     if ignore is not None:

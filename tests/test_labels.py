@@ -231,3 +231,60 @@ def test_relabel_edge_cases(device):
         relabel_superpixels(torch.zeros(1, 2, 2))
     with pytest.raises(TypeError, match="integer array"):
         relabel_superpixels("map")
+
+
+# ------------------------------------------------------------------------------------------- messages that say what to do
+
+
+def test_superpixel_id_error_says_what_to_do():
+    sp = torch.tensor([[[0, 86], [3, 3]]])
+    probs = torch.full((1, 2, 2, 2), 0.5)
+    with pytest.raises(ValueError, match=r"found 86; pass num_superpixels = largest id \+ 1 = 87, or .*"
+                                         r"oreal.labels.relabel_superpixels\(sp_map\)"):
+        oreal.select(probs, sp, torch.zeros(2, dtype=torch.long), 1, num_superpixels=86)
+    with pytest.raises(ValueError, match=r"found 86; pass num_superpixels = largest id \+ 1 = 87"):
+        oreal.stream.StreamingSelector("entropy", num_superpixels=4, budget=1).update(probs, sp_map=sp, image_ids=[0])
+    with pytest.raises(ValueError, match=r"found -3; mark pixels without a superpixel with -1 .*ignore=-3"):
+        oreal.candidates(torch.tensor([[[0, -3]]]), 4)
+    # the advice works: relabelling makes the map acceptable, and so does ignore= for the negative id
+    new, S = relabel_superpixels(sp)
+    oreal.select(probs, new, torch.zeros(2, dtype=torch.long), 1, num_superpixels=S)
+    assert relabel_superpixels(torch.tensor([[[0, -3]]]), ignore=-3)[0].tolist() == [[[0, -1]]]
+
+
+def test_void_label_error_names_ignore_index():
+    labels = torch.tensor([[[0, 11], [3, 11]]])  # CamVid: 11 classes, void = 11
+    sp = torch.zeros(1, 2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"found 11; if 11 marks pixels without a label \(void\), pass "
+                                         r"`ignore_index=11`"):
+        oreal.dominant_labels(labels, sp, 1, 11)
+    with pytest.raises(ValueError, match=r"pass `ignore_index=11`"):
+        oreal.miou(torch.zeros(1, 2, 2, dtype=torch.long), labels, 11)
+    assert oreal.dominant_labels(labels, sp, 1, 11, ignore_index=11).tolist() == [[0]]  # the named fix works
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_half_precision_picks_differ_only_by_near_ties(dtype, tol):
+    """docs/guide.md "Devices and precision": half picks differ from float32 picks, but only among near-ties."""
+    g = torch.Generator().manual_seed(0)
+    grid = (torch.arange(64) // 8)[:, None] * 8 + (torch.arange(64) // 8)[None, :]
+    sp = grid.expand(8, 64, 64)
+    counts = torch.tensor([50, 40, 30, 20, 10, 5, 3, 2, 1, 0, 0])
+    for scale in (0.1, 1.0, 3.0):
+        probs = (scale * torch.randn(8, 11, 64, 64, generator=g)).softmax(1)
+        full = oreal.select(probs, sp, counts, 20, num_superpixels=64)
+        half = oreal.select(probs.to(dtype), sp, counts, 20, num_superpixels=64, validate_args=False)
+        if scale == 3.0:  # the numbers quoted in the guide
+            kept = len(set(zip(full.image.tolist(), full.superpixel.tolist()))
+                       & set(zip(half.image.tolist(), half.superpixel.tolist())))
+            assert kept == {torch.float16: 16, torch.bfloat16: 8}[dtype]
+        # the same classes take picks in the same order (the debt does not depend on probs) ...
+        assert torch.equal(full.cls, half.cls)
+        # ... and within a class every half pick scores, in float32, within 2 * tol of the float32 pick it
+        # replaced (the one-vs-rest entropy of each is within tol of the float32 value)
+        ovr = oreal.superpixel_ovr_entropy(probs, sp, 64)  # (N, S, C) float32 scores
+        for b in range(20):
+            c = int(full.cls[b])
+            got = float(ovr[half.image[b], half.superpixel[b], c])
+            want = float(ovr[full.image[b], full.superpixel[b], c])
+            assert got >= want - 2 * tol

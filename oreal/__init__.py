@@ -24,6 +24,7 @@ from oreal.uncertainty import bald, balent, binary_entropy, bvsb, entropy, margi
 from oreal import strategies  # noqa: E402,F401  (oreal.strategies.query, oreal.strategies.available)
 from oreal import stream  # noqa: E402,F401  (oreal.stream.StreamingSelector; imports strategies)
 from oreal import labels  # noqa: E402,F401  (oreal.labels.region_masks, partial_labels, relabel_superpixels)
+from oreal import superpixels  # noqa: E402,F401  (oreal.superpixels.compute; OpenCV / scikit-image imported lazily)
 
 __version__ = "0.1.0"
 

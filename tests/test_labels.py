@@ -233,7 +233,7 @@ def test_relabel_edge_cases(device):
         relabel_superpixels("map")
 
 
-# ------------------------------------------------------------------------------------------- messages that say what to do
+# ------------------------------------------------------------------------------- messages that say what to do
 
 
 def test_superpixel_id_error_says_what_to_do():

@@ -201,7 +201,8 @@ def compute(images: Any, *, method: str = "seeds", count: int = 100, iterations:
             docstring.
         count: about how many superpixels per image (the tools take it as a target; the actual ``k_n`` varies).
         iterations: iterations of the method.
-        cache_dir: a folder for the on-disk cache (see the module docstring), or ``None`` for no cache.
+        cache_dir: a folder for the on-disk cache (see the module docstring; ``~`` is expanded), or ``None`` for
+            no cache (ours: nothing is written unless asked).
         **options: ``seeds``: ``levels`` (``None`` = best of 4..1), ``prior`` (2), ``bins`` (5), ``double_step``
             (False); ``slic``: ``ruler`` (10.0); ``skimage_slic``: ``compactness`` (10.0), ``sigma`` (0.0).
 
@@ -224,7 +225,7 @@ def compute(images: Any, *, method: str = "seeds", count: int = 100, iterations:
     cdir = None
     if cache_dir is not None:
         key = hashlib.sha1(json.dumps(dict(params, version=_version(method)), sort_keys=True).encode()).hexdigest()
-        cdir = Path(cache_dir) / "superpixels" / f"{method}-{key[:12]}"
+        cdir = Path(cache_dir).expanduser() / "superpixels" / f"{method}-{key[:12]}"
     maps = []
     for im in arr:
         im = np.ascontiguousarray(im)

@@ -106,6 +106,12 @@ def test_cache_is_used_keyed_and_atomic(tmp_path, method):
     assert len(list(tmp_path.rglob("*.npy"))) == 6
 
 
+def test_cache_dir_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    SP.compute(images(n=1), method="slic", count=12, cache_dir="~/sp-cache")
+    assert len(list((tmp_path / "sp-cache").rglob("*.npy"))) == 1
+
+
 def test_errors():
     ims = images(n=1)
     with pytest.raises(ValueError, match="`method` to be one of"):

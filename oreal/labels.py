@@ -27,7 +27,15 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-from oreal._checks import check_choice, check_int, check_int_tensor, check_same_device, check_shape, validate_ids
+from oreal._checks import (
+    check_choice,
+    check_int,
+    check_int_tensor,
+    check_same_device,
+    check_shape,
+    validate_ids,
+    validate_nonnegative,
+)
 from oreal.aggregate import check_sp_map
 
 __all__ = ["region_masks", "selection_mask", "partial_labels", "relabel_superpixels"]
@@ -97,7 +105,7 @@ def region_masks(selection: Any, sp_map: Tensor, *, unit: str = "superpixel", va
         if unit == "pixel":
             validate_ids(superpixel, "selection.superpixel", 0, h * w, "flat pixel indices h * W + w")
         else:
-            validate_ids(superpixel, "selection.superpixel", 0, torch.iinfo(torch.int64).max, "superpixel ids")
+            validate_nonnegative(superpixel, "selection.superpixel")
     if unit == "pixel":
         masks = torch.zeros(image.shape[0], h * w, dtype=torch.bool, device=sp_map.device)
         masks[torch.arange(image.shape[0], device=sp_map.device), superpixel] = True

@@ -100,6 +100,8 @@ def test_region_masks_errors():
     sp = torch.tensor([[[0, 1], [1, 1]]])
     with pytest.raises(ValueError, match="no pixel in sp_map"):
         region_masks(sel_of([0], [2]), sp)
+    with pytest.raises(ValueError, match="`selection.superpixel` to be non-negative, but found -1"):
+        region_masks(sel_of([0], [-1]), sp)
     with pytest.raises(ValueError, match=r"image indices of sp_map in \[0, 1\), but found 1"):
         region_masks(sel_of([1], [0]), sp)
     with pytest.raises(ValueError, match=r"flat pixel indices h \* W \+ w in \[0, 4\), but found 4"):

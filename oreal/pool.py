@@ -167,7 +167,9 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             for p in range(selector.num_passes):  # 2 for revisiting_sp and pixelbal
                 if p:
                     selector.next_pass()

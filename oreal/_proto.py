@@ -1,0 +1,87 @@
+"""Feature machinery shared by the prototype methods of :mod:`oreal.weak` and :mod:`oreal.semi`.
+
+Features come from a model layer, ``(N, D, h, w)``, often at a lower resolution than the label map
+``(N, H, W)``. They are never upsampled as a whole: a block of label pixels (flat positions
+``p = n * H * W + y * W + x``) reads its feature vectors on demand, bilinearly interpolated exactly as
+``F.interpolate(features, (H, W), mode="bilinear", align_corners=False)`` would give them, or from the cell that
+holds the pixel centre (``mode="nearest"``, ``F.interpolate``'s ``"nearest-exact"``). Each vector is then
+L2-normalised, so a dot product is a cosine similarity. The extra memory of a block is ``block_size x D``
+(times four for the bilinear corners); nothing of size ``pixels x pixels`` or ``D x H x W`` is ever built.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from oreal._checks import check_choice, check_float, check_int, compute_dtype
+
+MODES = ("bilinear", "nearest")
+
+#: Default number of label pixels per block: ``block_size x D`` values are held per block and class.
+BLOCK_SIZE = 1 << 15
+
+#: ``F.normalize``'s floor on the norm: an all-zero feature vector stays zero (cosine similarity 0 to anything).
+EPS = 1e-12
+
+
+def check_features(features: object, n: int, mode: str, block_size: int) -> Tuple[Tensor, int]:
+    """Check ``features (N, D, h, w)`` against the batch size of the labels, the mode and the block size."""
+    feats = check_float(features, "features", ndim=4)
+    if feats.shape[0] != n:
+        raise ValueError(f"Expected argument `features` to have shape (N, D, h, w) with N = {n} to match the "
+                         f"label map, but got {tuple(feats.shape)}")
+    if min(feats.shape[1:]) < 1:
+        raise ValueError(f"Expected argument `features` to have D, h, w >= 1, but got shape {tuple(feats.shape)}")
+    check_choice(mode, "mode", MODES)
+    return feats, check_int(block_size, "block_size", minimum=1)
+
+
+def check_ignore_index(ignore_index: object, num_classes: int) -> int:
+    """``ignore_index`` must be an integer outside the class ids ``[0, C)``."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
+        raise ValueError(f"Expected argument `ignore_index` to be an integer outside the class ids [0, "
+                         f"{num_classes}), but got {ignore_index!r}")
+    return ignore_index
+
+
+def blocks(total: int, block_size: int) -> Iterator[slice]:
+    """Ranges ``[lo, hi)`` of at most ``block_size`` flat positions covering ``[0, total)``, as slices."""
+    for lo in range(0, total, block_size):
+        yield slice(lo, min(lo + block_size, total))
+
+
+def _source(out_pos: Tensor, size_in: int, size_out: int, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    """Bilinear source cells and weight of output rows (or columns) ``out_pos``, ``align_corners=False``."""
+    src = ((out_pos.to(dtype) + 0.5) * (size_in / size_out) - 0.5).clamp_min(0)
+    lo = src.floor().long().clamp_max(size_in - 1)
+    hi = (lo + 1).clamp_max(size_in - 1)
+    return lo, hi, src - lo.to(dtype)
+
+
+def pixel_features(features: Tensor, pos: Tensor, height: int, width: int, mode: str) -> Tensor:
+    """L2-normalised feature vectors ``(b, D)`` of label pixels at flat positions ``pos (b,)``.
+
+    ``pos = n * H * W + y * W + x`` for a label map of size ``(H, W)``; computed in float32 for half features.
+    """
+    n_feat, dim, h, w = features.shape
+    dtype = compute_dtype(features)
+    flat = features.reshape(n_feat, dim, h * w)
+    n = pos // (height * width)
+    y = (pos // width) % height
+    x = pos % width
+    if mode == "nearest":
+        cy = ((y.to(torch.float64) + 0.5) * (h / height)).floor().long().clamp_max(h - 1)
+        cx = ((x.to(torch.float64) + 0.5) * (w / width)).floor().long().clamp_max(w - 1)
+        out = flat[n, :, cy * w + cx].to(dtype)
+    else:
+        y0, y1, wy = _source(y, h, height, dtype)
+        x0, x1, wx = _source(x, w, width, dtype)
+        wy, wx = wy[:, None], wx[:, None]
+        top = flat[n, :, y0 * w + x0].to(dtype) * (1 - wx) + flat[n, :, y0 * w + x1].to(dtype) * wx
+        bottom = flat[n, :, y1 * w + x0].to(dtype) * (1 - wx) + flat[n, :, y1 * w + x1].to(dtype) * wx
+        out = top * (1 - wy) + bottom * wy
+    return F.normalize(out, dim=1, eps=EPS)

@@ -355,3 +355,20 @@ def test_bad_inputs_raise_clear_errors():
         W.presence_counts(weak[0])
     with pytest.raises(ValueError, match=r"`labeled` must have shape \(1, 2\)"):
         W.clicks(weak, torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_devices_agree(device):
+    """Every function on ``device`` against the CPU (CUDA cases skip without a GPU)."""
+    probs = random_probs(2, 3, 6, 6, seed=13)
+    logits = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    features = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(14), dtype=torch.float64)
+    sp = random_sp_map(2, 6, 6, 5, seed=13)
+    weak = random_weak(2, 5, 3, seed=13)
+    labels = probs.argmax(1)
+    moved = [t.to(device) for t in (probs, logits, features, sp, weak, labels)]
+    assert torch.equal(W.weak_labels(moved[5], moved[3], 5, 3).cpu(), W.weak_labels(labels, sp, 5, 3))
+    for a, b in zip(W.weak_loss(moved[1], moved[3], moved[4], 5), W.weak_loss(logits, sp, weak, 5)):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
+    out = W.prototype_pseudo_labels(moved[2], moved[0], moved[3], moved[4], 5)
+    assert out.device.type == device.type
+    assert torch.equal(out.cpu(), W.prototype_pseudo_labels(features, probs, sp, weak, 5))

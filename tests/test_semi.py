@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import oreal
 from oreal import semi as P
-from tests.conftest import random_probs, random_sp_map
+from tests.conftest import random_probs, random_sp_map, watch_feature_reads
 
 # ------------------------------------------------------------------------------------------ slow references
 
@@ -234,14 +234,7 @@ def test_refine_does_not_depend_on_the_block_size(block_size):
 
 
 def test_refine_reads_features_in_blocks_and_scales_past_a_pixels_squared_matrix(monkeypatch):
-    seen = []
-    real = P.pixel_features
-
-    def spy(features, pos, height, width, mode):
-        seen.append(pos.numel())
-        return real(features, pos, height, width, mode)
-
-    monkeypatch.setattr(P, "pixel_features", spy)
+    seen = watch_feature_reads(monkeypatch, P)
     # 2 x 200 x 200 = 80,000 pixels: a pixels x pixels float32 matrix would need 25.6 GB.
     n, c, h, w = 2, 3, 200, 200
     g = torch.Generator().manual_seed(6)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import oreal
 from oreal import weak as W
-from tests.conftest import random_probs, random_sp_map
+from tests.conftest import random_probs, random_sp_map, watch_feature_reads
 
 # ------------------------------------------------------------------------------------------ slow references
 
@@ -293,14 +293,7 @@ def test_prototype_pseudo_labels_ties_go_to_the_lower_class_and_one_class_sets_f
 
 
 def test_pseudo_labels_blocks_bound_the_feature_reads(monkeypatch):
-    seen = []
-    real = W.pixel_features
-
-    def spy(features, pos, height, width, mode):
-        seen.append(pos.numel())
-        return real(features, pos, height, width, mode)
-
-    monkeypatch.setattr(W, "pixel_features", spy)
+    seen = watch_feature_reads(monkeypatch, W)
     probs = random_probs(1, 3, 10, 10, seed=10)
     W.prototype_pseudo_labels(torch.randn(1, 4, 5, 5), probs, random_sp_map(1, 10, 10, 4, seed=10),
                               torch.ones(1, 4, 3, dtype=torch.bool), 4, block_size=7)

@@ -31,7 +31,7 @@ from oreal._checks import (
     validate_ids,
     validate_probabilities,
 )
-from oreal._proto import BLOCK_SIZE, blocks, check_features, check_ignore_index, pixel_features
+from oreal._proto import BLOCK_SIZE, Grid, blocks, check_features, check_ignore_index, grid, pixel_features
 from oreal.aggregate import check_sp_map, flat_index, scatter_rows
 from oreal.select import Selection
 
@@ -86,18 +86,18 @@ def _check_labels(labels: object, num_classes: int, ignore_index: int, validate_
     return labels
 
 
-def _prototypes(features: Tensor, labels: Tensor, num_classes: int, ignore_index: int, mode: str,
+def _prototypes(features: Grid, labels: Tensor, num_classes: int, ignore_index: int, mode: str,
                 block_size: int) -> Prototypes:
     n, h, w = labels.shape
     flat = labels.reshape(-1).long()
     labeled = ((flat != ignore_index) & (flat >= 0) & (flat < num_classes)).nonzero().squeeze(1)
-    sums = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=labels.device)
+    sums = torch.zeros(num_classes, features.table.shape[1], dtype=torch.float64, device=labels.device)
     for part in blocks(labeled.numel(), block_size):
         pos = labeled[part]
         sums.index_add_(0, flat[pos], pixel_features(features, pos, h, w, mode).double())
     counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
     counts.index_add_(0, flat[labeled], torch.ones_like(labeled))
-    vectors = torch.nn.functional.normalize(sums, dim=1).to(compute_dtype(features))
+    vectors = torch.nn.functional.normalize(sums, dim=1).to(features.table.dtype)
     return Prototypes(vectors, counts)
 
 
@@ -141,7 +141,7 @@ def class_prototypes(features: Tensor, labels: Tensor, num_classes: int, *, igno
     _check_labels(labels, num_classes, ignore_index, validate_args)
     if validate_args:
         validate_finite(features, "features")
-    return _prototypes(features, labels, num_classes, ignore_index, mode, block_size)
+    return _prototypes(grid(features), labels, num_classes, ignore_index, mode, block_size)
 
 
 
@@ -271,6 +271,7 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
         raise ValueError(f"Expected argument `trust` to be None or a number in [0, 1], but got {trust!r}")
     if validate_args:
         validate_finite(features, "features")
+    features = grid(features)
     proto = _prototypes(features, labels, c, ignore_index, mode, block_size)
     p = probs.to(compute_dtype(probs))
     pseudo, confidence = p.argmax(dim=1).reshape(-1), p.amax(dim=1).reshape(-1)

@@ -30,7 +30,7 @@ from oreal._checks import (
     validate_finite,
     validate_probabilities,
 )
-from oreal._proto import BLOCK_SIZE, blocks, check_features, check_ignore_index, pixel_features
+from oreal._proto import BLOCK_SIZE, blocks, check_features, check_ignore_index, grid, pixel_features
 from oreal.aggregate import check_sp_map, count_rows, flat_index, scatter_rows, superpixel_label_counts
 
 __all__ = ["WeakLoss", "weak_labels", "clicks", "presence_counts", "weak_loss", "prototype_pixels",
@@ -192,7 +192,7 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     gradient. Pixels with ``sp_map == -1`` and superpixels with an empty row in ``weak`` take no part.
     Computed in log space, ``-ln sum_{c in Y} q_c = logsumexp_c(z_c / T) - logsumexp_{c in Y}(z_c / T)`` and
     ``ln q = log_softmax(z / T)``, so it stays finite for any finite logits and temperature. The maxima over
-    superpixels are one ``scatter_reduce`` over (superpixel, class) bins; on ties the gradient is split evenly
+    superpixels are one ``scatter_reduce`` per class plane; on ties the gradient is split evenly
     among the tied pixels (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may
     differ between calls in the last bits (``scatter_add``).
 
@@ -227,11 +227,11 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
         validate_finite(logits, "logits")
     n, c = logits.shape[:2]
     s = num_superpixels
-    z = logits.to(compute_dtype(logits)).reshape(n, c, -1) / temperature
+    z = logits.to(compute_dtype(logits)).reshape(n, c, -1) / temperature  # (N, C, P)
     index = flat_index(sp_map, s)  # (N, P), S = spill bin for -1 pixels
     # Each pixel's label set, (N, C, P): the row of its superpixel (an empty row for the spill bin).
-    rows = torch.cat([weak, weak.new_zeros(n, 1, c)], dim=1)
-    in_set = rows.gather(1, index[..., None].expand(-1, -1, c)).transpose(1, 2)
+    rows = torch.cat([weak, weak.new_zeros(n, 1, c)], dim=1).transpose(1, 2)
+    in_set = rows.gather(2, index[:, None].expand(-1, c, -1))
     size = in_set.sum(dim=1)
     # Outside labeled superpixels the set is made "every class", so the term is 0 and no -inf - -inf appears.
     in_set = in_set | (size == 0)[:, None]
@@ -241,11 +241,9 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     one, multi = size == 1, size >= 2
     ce = torch.where(one, term, zero).sum() / one.sum().clamp_min(1)
     mp = torch.where(multi, term, zero).sum() / multi.sum().clamp_min(1)
-    # Prototypical pixel: max over each superpixel of ln q_c, one bin per (superpixel, class).
-    log_q = (z - lse[:, None]).transpose(1, 2).reshape(n, -1)  # (N, P * C), pixel-major
-    cls = torch.arange(c, device=z.device)
-    key = torch.where(index[..., None] < s, index[..., None] * c + cls, s * c).reshape(n, -1)
-    best = scatter_rows(log_q, key, s * c, "max").reshape(n, s, c)
+    # Prototypical pixel: max over each superpixel of ln q_c, one scatter per class plane.
+    log_q = z - lse[:, None]
+    best = torch.stack([scatter_rows(plane, index, s, "max") for plane in log_q.unbind(1)], dim=-1)  # (N, S, C)
     pairs = weak & (count_rows(index, s) > 0)[..., None]
     pp = -torch.where(pairs, best, zero).sum() / pairs.sum().clamp_min(1)
     total = weights[0] * ce + weights[1] * mp + weights[2] * pp
@@ -317,9 +315,9 @@ def prototype_pseudo_labels(features: Tensor, probs: Tensor, sp_map: Tensor, wea
     Features may have another resolution than ``probs`` and ``sp_map`` (a backbone's stride): each label pixel
     reads its feature bilinearly interpolated at the pixel centre (``mode="bilinear"``, the same values as
     ``F.interpolate(features, (H, W), mode="bilinear", align_corners=False)``) or from the feature cell holding
-    the pixel centre (``mode="nearest"``) **(ours)**. The feature map is never upsampled as a whole: labeled
-    pixels are processed in blocks of ``block_size``, each holding ``block_size x D`` values; the result does
-    not depend on ``block_size``. Deterministic.
+    the pixel centre (``mode="nearest"``) **(ours)**. The feature map is never upsampled as a whole: pixels of
+    multi-class superpixels are processed in blocks of ``block_size``, each holding ``block_size x D`` values
+    (one-class superpixels need no feature); the result does not depend on ``block_size``. Deterministic.
 
     Args:
         features (Tensor[N, D, h, w]): a model layer's features, any spatial size.
@@ -359,26 +357,30 @@ def prototype_pseudo_labels(features: Tensor, probs: Tensor, sp_map: Tensor, wea
     pixels = h * w
     keys = (proto_pos >= 0).nonzero()  # (K, 3): n, s, c of every prototype, in that (sorted) order
     globals_ = keys[:, 0] * pixels + proto_pos[keys[:, 0], keys[:, 1], keys[:, 2]]
+    features = grid(features)
     protos = torch.cat([pixel_features(features, globals_[part], h, w, mode)
-                        for part in blocks(globals_.numel(), block_size)]
-                       + [features.new_zeros(0, features.shape[1], dtype=compute_dtype(features))])
+                        for part in blocks(globals_.numel(), block_size)] + [features.table[:0]])
     # slot[n, s, c]: row of the prototype in `protos`, -1 where none; the spill row S (-1 pixels) has none.
     slot = torch.full((n, s + 1, c), -1, dtype=torch.long, device=probs.device)
     slot[keys[:, 0], keys[:, 1], keys[:, 2]] = torch.arange(keys.shape[0], device=probs.device)
-    out = torch.full((n * pixels,), ignore_index, dtype=torch.long, device=probs.device)
-    labeled_pixel = (slot.gather(1, index[..., None].expand(-1, -1, c)) >= 0).any(dim=-1)  # (N, P)
-    todo = labeled_pixel.reshape(-1).nonzero().squeeze(1)
+    # Per pixel: the size of its superpixel's set and, for one-class sets, the class (no features needed).
+    named = slot[:, :s] >= 0
+    size = torch.cat([named.sum(-1), named.new_zeros(n, 1, dtype=torch.long)], dim=1).gather(1, index)
+    only = torch.cat([named.long().argmax(-1), index.new_zeros(n, 1)], dim=1).gather(1, index)
+    out = torch.where(size == 1, only, ignore_index).reshape(-1)
+    todo = (size >= 2).reshape(-1).nonzero().squeeze(1)
+    superpixel_of = index.reshape(-1)
     for part in blocks(todo.numel(), block_size):
         pos = todo[part]
         feat = pixel_features(features, pos, h, w, mode)  # (b, D), unit norm
-        rows = slot[pos // pixels, index.reshape(-1)[pos]]  # (b, C)
+        rows = slot[pos // pixels, superpixel_of[pos]]  # (b, C)
         best = torch.full((pos.numel(),), float("-inf"), dtype=feat.dtype, device=feat.device)
         label = torch.zeros(pos.numel(), dtype=torch.long, device=feat.device)
         for k in range(c):  # ascending class order with a strict > keeps the lower class on ties
-            row = rows[:, k]
-            sim = (feat * protos[row.clamp_min(0)]).sum(dim=1)
-            better = (row >= 0) & (sim > best)
-            best = torch.where(better, sim, best)
-            label = torch.where(better, k, label)
+            has = (rows[:, k] >= 0).nonzero().squeeze(1)  # only the pixels whose set holds k
+            sim = (feat[has] * protos[rows[has, k]]).sum(dim=1)
+            better = sim > best[has]
+            best[has] = torch.where(better, sim, best[has])
+            label[has] = torch.where(better, k, label[has])
         out[pos] = label
     return out.reshape(n, h, w)

@@ -15,7 +15,7 @@ within 25% of the default ``2^14`` on the shared development machine; ``2^14`` h
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Tuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,16 @@ def check_ignore_index(ignore_index: object, num_classes: int) -> int:
         raise ValueError(f"Expected argument `ignore_index` to be an integer outside the class ids [0, "
                          f"{num_classes}), but got {ignore_index!r}")
     return ignore_index
+
+
+def check_fraction(x: object, name: str, *, allow_none: bool = False) -> Optional[float]:
+    """A plain number in ``[0, 1]`` (or None when ``allow_none``)."""
+    if x is None and allow_none:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
+        what = "None or a number" if allow_none else "a number"
+        raise ValueError(f"Expected argument `{name}` to be {what} in [0, 1], but got {x!r}")
+    return float(x)
 
 
 def blocks(total: int, block_size: int) -> Iterator[slice]:

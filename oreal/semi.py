@@ -31,7 +31,17 @@ from oreal._checks import (
     validate_ids,
     validate_probabilities,
 )
-from oreal._proto import BLOCK_SIZE, Grid, blocks, check_features, check_ignore_index, grid, pixel_features
+from oreal._proto import (
+    BLOCK_SIZE,
+    Grid,
+    blocks,
+    check_features,
+    check_fraction,
+    check_ignore_index,
+    grid,
+    pixel_features,
+)
+from oreal import strategies
 from oreal.aggregate import check_sp_map, flat_index, scatter_rows
 from oreal.select import Selection
 
@@ -144,7 +154,6 @@ def class_prototypes(features: Tensor, labels: Tensor, num_classes: int, *, igno
     return _prototypes(grid(features), labels, num_classes, ignore_index, mode, block_size)
 
 
-
 def _check_probs_labels(probs: object, labels: Optional[Tensor], ignore_index: int, validate_args: bool) -> None:
     check_float(probs, "probs", ndim=4)
     n, c, h, w = probs.shape
@@ -184,8 +193,7 @@ def pseudo_labels(probs: Tensor, labels: Optional[Tensor] = None, *, threshold: 
         tensor([[[0, 1, 1]]])
     """
     _check_probs_labels(probs, labels, ignore_index, validate_args)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"Expected argument `threshold` to be a number in [0, 1], but got {threshold!r}")
+    threshold = check_fraction(threshold, "threshold")
     p = probs.to(compute_dtype(probs))
     pseudo, confidence = p.argmax(dim=1), p.amax(dim=1)  # argmax returns the first maximum: the lowest class
     if labels is not None:
@@ -228,9 +236,11 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
     - with ``trust`` set, pixels with confidence ``max_c p_c(x) >= trust`` keep ``y`` unchecked **(ours)**.
 
     Labeled pixels keep their label and are never undecided. Without any labeled pixel every unlabeled pixel
-    is undecided. Two blocked passes over the features (prototypes, then similarities); the extra memory is
-    ``block_size x (D + C)`` plus three pixel-sized vectors; the labels do not depend on ``block_size``
-    except for similarities equal to a threshold within float rounding. Deterministic on the CPU.
+    is undecided. The features are laid out once channels-last (one copy of their size), then read in two
+    blocked passes (prototypes, then similarities); the other extra memory is a few ``block_size x D`` and
+    ``block_size x C`` temporaries and three pixel-sized vectors, never ``pixels x pixels``. The labels do not
+    depend on ``block_size`` except for a similarity within float rounding of a threshold. Deterministic on
+    the CPU.
 
     Args:
         features (Tensor[N, D, h, w]): a model layer's features, any spatial size (read per label pixel as in
@@ -264,11 +274,8 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
     n, c, h, w = probs.shape
     features, block_size = check_features(features, n, mode, block_size)
     check_same_device(features, "features", probs, "probs")
-    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"Expected argument `quantile` to be a number in [0, 1], but got {quantile!r}")
-    if trust is not None and (isinstance(trust, bool) or not isinstance(trust, (int, float))
-                              or not 0.0 <= trust <= 1.0):
-        raise ValueError(f"Expected argument `trust` to be None or a number in [0, 1], but got {trust!r}")
+    quantile = check_fraction(quantile, "quantile")
+    trust = check_fraction(trust, "trust", allow_none=True)
     if validate_args:
         validate_finite(features, "features")
     features = grid(features)
@@ -290,7 +297,7 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
         sim = sim.masked_fill(absent, float("-inf"))
         ref_sim[part] = sim.gather(1, ref[part, None]).squeeze(1)
         near_sim[part], near[part] = sim.amax(dim=1), sim.argmax(dim=1)  # argmax: first maximum, lower class
-    thresholds = _lower_quantile(ref_sim[given], flat_labels[given], c, float(quantile))
+    thresholds = _lower_quantile(ref_sim[given], flat_labels[given], c, quantile)
     supports_y = ref_sim >= thresholds[ref]
     supports_k = near_sim >= thresholds[near]
     same = near == ref
@@ -408,11 +415,11 @@ def query_undecided(name: str, *, fraction: Tensor, min_fraction: float = 0.5, b
         >>> sel.superpixel[:2].sort().values.tolist(), len(sel.superpixel)  # strips 1 and 3 come first
         ([1, 3], 3)
     """
-    from oreal import strategies  # imported here: strategies imports much of the package
-
-    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float)) or not 0 <= min_fraction <= 1:
-        raise ValueError(f"Expected argument `min_fraction` to be a number in [0, 1], but got {min_fraction!r}")
+    min_fraction = check_fraction(min_fraction, "min_fraction")
     check_float(fraction, "fraction", ndim=2)
+    sp_map, num_superpixels = query_args.get("sp_map"), query_args.get("num_superpixels")
+    if isinstance(sp_map, Tensor) and sp_map.ndim == 3 and isinstance(num_superpixels, int):
+        check_shape(fraction, "fraction", (sp_map.shape[0], num_superpixels), "= (N, S) to match sp_map")
     budget = check_int(budget, "budget", minimum=0)
     if exclude is not None:
         check_bool_tensor(exclude, "exclude", tuple(fraction.shape))

@@ -30,7 +30,7 @@ from oreal._checks import (
     validate_finite,
     validate_probabilities,
 )
-from oreal._proto import BLOCK_SIZE, blocks, check_features, check_ignore_index, grid, pixel_features
+from oreal._proto import BLOCK_SIZE, blocks, check_features, check_fraction, check_ignore_index, grid, pixel_features
 from oreal.aggregate import check_sp_map, count_rows, flat_index, scatter_rows, superpixel_label_counts
 
 __all__ = ["WeakLoss", "weak_labels", "clicks", "presence_counts", "weak_loss", "prototype_pixels",
@@ -90,12 +90,11 @@ def weak_labels(labels: Tensor, sp_map: Tensor, num_superpixels: int, num_classe
         >>> weak_labels(labels, sp_map, 3, 3, min_share=0.5)[0, 0].long()  # class 1 holds 1/4 of superpixel 0
         tensor([1, 0, 0])
     """
-    if isinstance(min_share, bool) or not isinstance(min_share, (int, float)) or not 0.0 <= min_share <= 1.0:
-        raise ValueError(f"Expected argument `min_share` to be a number in [0, 1], but got {min_share!r}")
+    min_share = check_fraction(min_share, "min_share")
     counts = superpixel_label_counts(labels, sp_map, num_superpixels, num_classes, ignore_index=ignore_index,
                                      validate_args=validate_args)
     total = counts.sum(dim=-1, keepdim=True)
-    named = (counts > 0) & (counts.double() >= float(min_share) * total.double())
+    named = (counts > 0) & (counts.double() >= min_share * total.double())
     dominant = torch.zeros_like(named).scatter_(-1, counts.argmax(dim=-1, keepdim=True), True)
     return named | (dominant & (total > 0))
 

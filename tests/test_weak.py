@@ -169,6 +169,29 @@ def test_weak_loss_matches_reference(temperature, weights, seed):
         assert abs(float(got) - want) < 1e-9 * max(1.0, abs(want))
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 2), c=st.integers(1, 4), s=st.integers(1, 6),
+       temperature=st.sampled_from([0.05, 0.1, 1.0, 3.0]))
+def test_weak_loss_properties(seed, n, c, s, temperature):
+    g = torch.Generator().manual_seed(seed)
+    logits = 4 * torch.randn(n, c, 3, 4, generator=g, dtype=torch.float64)
+    sp = random_sp_map(n, 3, 4, s, seed=seed)
+    weak = random_weak(n, s, c, seed)
+    out = W.weak_loss(logits, sp, weak, s, temperature=temperature)
+    want = ref_loss(logits, sp, weak, s, temperature, (16.0, 8.0, 1.0))
+    for got, ref_value in zip(out, want):
+        assert float(got) >= 0 and abs(float(got) - ref_value) < 1e-9 * max(1.0, abs(ref_value))
+    # Renaming superpixels (with their label sets) and shuffling the images change nothing.
+    perm = torch.randperm(s, generator=g)
+    renamed = torch.where(sp >= 0, perm[sp.clamp_min(0)], -1)
+    moved = torch.empty_like(weak)
+    moved[:, perm] = weak
+    flip = torch.arange(n - 1, -1, -1)
+    again = W.weak_loss(logits[flip], renamed[flip], moved[flip], s, temperature=temperature)
+    for a, b in zip(again, out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_weak_loss_defaults_are_the_papers():
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(1, 3, 4, 4, generator=g, dtype=torch.float64)

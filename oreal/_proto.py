@@ -8,9 +8,9 @@ holds the pixel centre (``mode="nearest"``, ``F.interpolate``'s ``"nearest-exact
 L2-normalised, so a dot product is a cosine similarity. The feature map is laid out once channels-last
 (:func:`grid`, one copy of the input's size) so that each vector is a contiguous row; the extra memory of a
 block is a few ``block_size x D`` (the four bilinear corners); nothing of size ``pixels x pixels`` or
-``D x H x W`` is ever built. ``benchmarks/bench_weak_semi.py`` times block sizes (``2^10`` to ``2^16`` all
-within 25% of the default ``2^14`` on the shared development machine; ``2^14`` holds 16 MiB per temporary at
-``D = 256``).
+``D x H x W`` is ever built. ``benchmarks/bench_weak_semi.py`` times block sizes: on the shared 2-core
+development machine ``2^12`` and ``2^16`` ran within 25% of the default ``2^14``, ``2^10`` up to 1.8x slower
+(per-block overhead); ``2^14`` holds 16 MiB per temporary at ``D = 256``.
 """
 
 from __future__ import annotations

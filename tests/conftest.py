@@ -23,3 +23,16 @@ def random_sp_map(n, h, w, s, *, seed=0, ignore_frac=0.1):
     sp = torch.randint(0, s, (n, h, w), generator=g)
     drop = torch.rand(n, h, w, generator=g) < ignore_frac
     return torch.where(drop, -1, sp)
+
+
+def watch_feature_reads(monkeypatch, module):
+    """Record the number of pixels of every ``pixel_features`` call made by ``module`` (oreal.weak, oreal.semi)."""
+    seen = []
+    real = module.pixel_features
+
+    def spy(features, pos, height, width, mode):
+        seen.append(pos.numel())
+        return real(features, pos, height, width, mode)
+
+    monkeypatch.setattr(module, "pixel_features", spy)
+    return seen

@@ -201,12 +201,12 @@ def load_state(path, fingerprint: dict, identity: dict):
     except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
         raise StateError(f"state file {path} is corrupt or unreadable ({type(e).__name__}: {e}). "
                          f"Delete it (or the whole output folder) or pass --restart to start over.") from e
+    if isinstance(st, dict) and "version" in st and st["version"] != STATE_VERSION:
+        raise StateError(f"state file {path} has format version {st['version']}, expected {STATE_VERSION} "
+                         f"(written by another version of this example). Pass --restart to start over.")
     if not isinstance(st, dict) or any(k not in st for k in _REQUIRED):
         missing = [k for k in _REQUIRED if not isinstance(st, dict) or k not in st]
         raise StateError(f"state file {path} is corrupt: missing {missing}. Delete it or pass --restart.")
-    if st["version"] != STATE_VERSION:
-        raise StateError(f"state file {path} has format version {st['version']}, expected {STATE_VERSION} "
-                         f"(written by another version of this example). Pass --restart to start over.")
     check_config(st["config"], fingerprint, where=str(path))
     diff = [k for k in _IDENTITY if st[k] != identity[k]]
     if diff:

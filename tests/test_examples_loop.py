@@ -26,7 +26,7 @@ from examples.oracle import Oracle, partial_labels  # noqa: E402
 from examples.superpixels import compute_superpixels  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-CAMVID = REPO.parent / "shared" / "data" / "CamVid"
+CAMVID = D.default_camvid_root()  # ../shared/data/CamVid next to the repository, or $OREAL_CAMVID
 
 # tiny loop: 8 pool images of 32x32, ~16 superpixels each, budget 6, 2 rounds, 2 short epochs
 TINY = ["--size", "32x32", "--limits", "8,4,4", "--sp-count", "16", "--budget", "6", "--rounds", "2",
@@ -121,6 +121,9 @@ def test_camvid_loader_reads_the_segnet_layout():
     small = D.load_camvid_split(CAMVID, "val", limit=2, size=(45, 60))
     assert small.images.shape == (2, 45, 60, 3)
     assert set(np.unique(small.labels)) <= set(range(11)) | {255}
+    # the dataset brings its standard colours for the plots (sky grey, road purple, bicyclist blue)
+    pal = D.load_camvid(CAMVID, size=(45, 60), limits=(1, 1, 1)).palette
+    assert len(pal) == 11 and pal[0] == (128, 128, 128) and pal[3] == (128, 64, 128) and pal[10] == (0, 128, 192)
 
 
 def test_camvid_loader_clear_error(tmp_path):

@@ -395,6 +395,9 @@ class Experiment:
 
     # -- driver
     def run(self):
+        """Run (or resume) every run of the configuration; returns the results dict (also written to
+        ``results.json``). Sets torch's CPU thread count to ``cfg.threads`` (part of the configuration)
+        and holds the output folder's lock while it works."""
         self.out.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(self.cfg.threads)
         lock = lock_folder(self.out)

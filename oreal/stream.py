@@ -448,9 +448,9 @@ class StreamingSelector:
                 raise TypeError(f"Expected `image_ids` to be a Tensor[n] or a sequence of ints, but got "
                                 f"{type(image_ids).__name__}") from err
             # Integers only: floats, bools and float arrays are refused, not truncated.
-            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)), None)
-            if bad is not None:
-                raise TypeError(f"Expected `image_ids` to be integers, but got {type(bad).__name__} {bad!r}")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise TypeError(f"Expected `image_ids` to be integers, but got {type(v).__name__} {v!r}")
             if values and max(abs(int(v)) for v in values) > _SENTINEL:
                 raise ValueError(f"Expected `image_ids` to fit in int64, but got {max(values, key=abs)}")
             image_ids = torch.as_tensor(values, dtype=torch.long)

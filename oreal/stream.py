@@ -73,6 +73,7 @@ from oreal._checks import (
     check_choice,
     check_int,
     check_int_tensor,
+    check_real,
     check_same_device,
     check_shape,
     compute_dtype,
@@ -419,6 +420,7 @@ class StreamingSelector:
             check_bool_tensor(exclude, "exclude", shape)
             check_same_device(exclude, "exclude", sp_map, "sp_map")
         self._check_consistent(sp_map, given, h, w)
+        check_real(sp_map, "sp_map")
         self.seen.check(ids_cpu)
         if n == 0:
             return

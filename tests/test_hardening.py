@@ -429,6 +429,15 @@ def test_meta_tensors_need_real_data():
                        validate_args=validate)
     with pytest.raises(ValueError, match=match):
         oreal.class_debt(torch.tensor([1, 2]), torch.tensor(3, device="meta"))
+    with pytest.raises(ValueError, match=match):
+        oreal.class_counts(torch.tensor([1, 2], device="meta"), 3)
+    with pytest.raises(ValueError, match=match):
+        StreamingSelector("oreal", num_superpixels=6, budget=2, labeled_counts=counts, validate_args=False)
+    for name in ("entropy", "oreal"):
+        stream = StreamingSelector(name, num_superpixels=6, budget=2, labeled_counts=torch.tensor([1, 0, 2]),
+                                   validate_args=False)
+        with pytest.raises(ValueError, match=match):
+            stream.update(probs=probs, sp_map=sp, image_ids=[0, 1])
 
 
 @pytest.mark.parametrize("name", ALL)

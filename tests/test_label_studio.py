@@ -1,0 +1,244 @@
+"""Round trips through a real Label Studio server: tasks in, annotations through the API, export back to labels.
+
+Marked ``labelstudio``. The server is the ``label-studio`` executable named by ``$OREAL_LABEL_STUDIO`` (or
+found on ``PATH``), e.g. from its own virtual environment (``.ci/run`` makes one); without it, or with
+``OREAL_SKIP_LABEL_STUDIO=1``, the module is skipped. The server starts from an empty data folder on 127.0.0.1
+and a free port, and is stopped by its process id when the module ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+import oreal
+from oreal import export as ox
+
+pytestmark = pytest.mark.labelstudio
+
+REPO = Path(__file__).resolve().parent.parent
+EXE = os.environ.get("OREAL_LABEL_STUDIO") or shutil.which("label-studio")
+if os.environ.get("OREAL_SKIP_LABEL_STUDIO", "") not in ("", "0"):
+    pytest.skip("OREAL_SKIP_LABEL_STUDIO is set", allow_module_level=True)
+if not EXE or not os.access(EXE, os.X_OK):
+    pytest.skip("no label-studio executable ($OREAL_LABEL_STUDIO or PATH)", allow_module_level=True)
+
+from examples.label_studio import VOID, LabelStudio, answer_tasks  # noqa: E402
+from oreal.export import AnswerError  # noqa: E402
+
+START_TIMEOUT = 420  # s; a cold start (database migrations) took 60-160 s on a loaded 2-core machine
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server leads its own process group (start_new_session)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("label_studio")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, LABEL_STUDIO_USERNAME="oreal@example.com", LABEL_STUDIO_PASSWORD=secrets.token_hex(8),
+               LABEL_STUDIO_USER_TOKEN=token, LABEL_STUDIO_COLLECT_ANALYTICS="false")
+    log = open(root / "server.log", "wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([EXE, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+                             "--data-dir", str(root / "data"), "--enable-legacy-api-token", "--log-level", "WARNING"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"label-studio exited with {proc.returncode}:\n"
+                            + (root / "server.log").read_text(errors="replace")[-3000:])
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"label-studio did not answer within {START_TIMEOUT} s:\n"
+                            + (root / "server.log").read_text(errors="replace")[-3000:])
+            try:
+                req = urllib.request.Request(url + "/api/current-user/whoami",
+                                             headers={"Authorization": f"Token {token}"})
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(1)
+        print(f"\nlabel-studio ready after {time.monotonic() - t0:.0f} s")
+        yield {"url": url, "token": token, "exe": EXE, "root": root}
+    finally:
+        _stop(proc)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------- library level
+def _pool():
+    from examples.data import load_synthetic
+    from examples.oracle import Oracle
+
+    ds = load_synthetic(size=(32, 32), counts=(6, 1, 1), seed=0)
+    gt = torch.from_numpy(ds.train.labels)
+    gt[0, :8, :8] = 255  # a superpixel of ignore pixels only: the annotator answers void
+    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    sp = ((ys // 8) * 4 + xs // 8).expand(6, 32, 32).contiguous()  # 16 square superpixels per image
+    images = torch.from_numpy(ds.train.images).permute(0, 3, 1, 2).contiguous()
+    return ds.classes, images, gt, sp, Oracle(gt, sp, 16, len(ds.classes))
+
+
+def _sdk_decode(server, rles, shape):
+    """Masks from our brush RLEs, decoded by the server's own SDK (label_studio_sdk.converter.brush)."""
+    py = Path(server["exe"]).with_name("python")
+    code = ("import json, sys\nfrom label_studio_sdk.converter.brush import decode_rle\n"
+            "print(json.dumps([decode_rle(r)[3::4].tolist() for r in json.load(sys.stdin)]))")
+    out = subprocess.run([str(py), "-c", code], input=json.dumps(rles), capture_output=True, text=True, timeout=120,
+                         check=True)
+    return torch.tensor(json.loads(out.stdout)).reshape(-1, *shape) > 0
+
+
+def test_rounds_through_the_server_equal_the_oracle(server):
+    classes, images, gt, sp, orc = _pool()
+    client = LabelStudio(server["url"], server["token"])
+    n, s = sp.shape[0], 16
+    labels, labeled = torch.full((n, s), -1), torch.zeros(n, s, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+
+    def oracle_answer(i, k):
+        return classes[int(orc.dominant[i, k])] if orc.dominant[i, k] >= 0 else VOID
+
+    for r, per in enumerate(["superpixel", "image"]):
+        exclude = labeled.clone()
+        exclude[0, 0] = True
+        sel = oreal.strategies.query("random", sp_map=sp, num_superpixels=s, budget=8, exclude=exclude, generator=gen)
+        if r == 0:  # also the superpixel of ignore pixels only: the answer is void
+            sel = oreal.Selection(torch.cat([sel.image, torch.tensor([0])]), torch.cat([sel.superpixel,
+                                  torch.tensor([0])]), torch.full((9,), -1), torch.zeros(9))
+        tasks = ox.tasks(sel, sp, images, num_superpixels=s, per=per, round=r, outline=r == 1)
+        pid = client.create_project(f"oreal test round {r}", ox.labeling_config(classes, per=per, void=VOID))["id"]
+        client.import_tasks(pid, tasks)
+        server_tasks = client.tasks(pid)
+        assert len(server_tasks) == len(tasks)
+        if r == 1:  # a skipped task is reported, then answered by another annotation
+            client.annotate(server_tasks[0]["id"], [], cancelled=True)
+            with pytest.raises(AnswerError, match=f"skipped \\(task {server_tasks[0]['id']}\\)"):
+                ox.read_answers(client.export(pid), sel, classes, num_images=n, num_superpixels=s, round=r,
+                                void=VOID, labels=labels, labeled=labeled)
+        assert answer_tasks(client, pid, oracle_answer) == len(tasks)
+        export = client.export(pid)
+        got = ox.read_answers(export, sel, classes, num_images=n, num_superpixels=s, round=r, void=VOID,
+                              labels=labels, labeled=labeled)
+        want = labels.clone()
+        want[sel.image, sel.superpixel] = orc.dominant[sel.image, sel.superpixel]
+        assert torch.equal(got.labels, want)
+        assert torch.equal(got.labeled, labeled | (torch.zeros_like(labeled).index_put_(
+            (sel.image, sel.superpixel), torch.tensor(True))))
+        if r == 0:
+            # the pre-filled regions the server stored decode (with Label Studio's SDK) to the superpixels
+            preds = [(t["data"]["oreal_image"], res["id"], res["value"]["rle"])
+                     for t in export for p in client.predictions(t["id"]) for res in p["result"]]
+            masks = _sdk_decode(server, [x[2] for x in preds], (32, 32))
+            for (i, rid, _), m in zip(preds, masks):
+                assert torch.equal(m, sp[i] == int(rid[2:]))
+            # a second annotator who disagrees is reported
+            t0 = export[0]
+            k = t0["data"]["oreal_superpixels"][0]
+            other = next(c for c in classes if c != oracle_answer(t0["data"]["oreal_image"], k))
+            client.annotate(t0["id"], [{"id": "x1", "type": "choices", "from_name": "class", "to_name": "image",
+                                        "value": {"choices": [other]}}])
+            with pytest.raises(AnswerError, match="answered differently twice"):
+                ox.read_answers(client.export(pid), sel, classes, num_images=n, num_superpixels=s, round=r,
+                                void=VOID, labels=labels, labeled=labeled)
+        labels, labeled = got
+    assert int(labeled.sum()) == 17
+
+
+def test_weak_labels_through_the_server(server):
+    classes, images, gt, sp, orc = _pool()
+    client = LabelStudio(server["url"], server["token"])
+    present = oreal.superpixel_label_counts(gt, sp, 16, len(classes), ignore_index=255) > 0  # (N, S, C)
+    sel = oreal.Selection(torch.tensor([1, 2, 2]), torch.tensor([5, 0, 9]), torch.full((3,), -1), torch.zeros(3))
+    pid = client.create_project("oreal test weak", ox.labeling_config(classes, weak=True, per="image"))["id"]
+    client.import_tasks(pid, ox.tasks(sel, sp, images, num_superpixels=16, per="image", round=0))
+    for t in client.tasks(pid):
+        i = t["data"]["oreal_image"]
+        client.annotate(t["id"], [{"id": f"sp{k}", "type": "choices", "from_name": "class", "to_name": "image",
+                                   "value": {"choices": [classes[c] for c in range(len(classes)) if present[i, k, c]]}}
+                                  for k in t["data"]["oreal_superpixels"]])
+    got = ox.read_answers(client.export(pid), sel, classes, num_images=6, num_superpixels=16, weak=True)
+    want = torch.zeros_like(present)
+    want[sel.image, sel.superpixel] = present[sel.image, sel.superpixel]
+    assert torch.equal(got.labels, want) and int(got.labeled.sum()) == 3
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+TINY = ["--size", "32x32", "--limits", "8,2,2", "--sp-count", "16", "--budget", "4", "--rounds", "2",
+        "--max-epochs", "1", "--patience", "1", "--width", "4", "--threads", "1"]
+
+
+def test_cli_push_pull_rounds(server, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "ximgproc"):
+        pytest.skip("opencv-contrib (cv2.ximgproc) not installed")
+    from examples.al_loop import Experiment
+    from examples.label_studio import _cfg, build_parser
+
+    out = tmp_path / "run"
+    env = dict(os.environ, OREAL_CACHE=str(tmp_path / "cache"), LABEL_STUDIO_URL=server["url"],
+               LABEL_STUDIO_API_KEY=server["token"],
+               PYTHONPATH=os.pathsep.join([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+                                          + [str(REPO)]))
+
+    def cli(*args, rc=0):
+        p = subprocess.run([sys.executable, "-m", "examples.label_studio", *args, "--out", str(out), *TINY],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == rc, p.stdout + p.stderr
+        return p.stdout + p.stderr
+
+    exp = Experiment(_cfg(build_parser().parse_args(["status", *TINY])), out, progress=False,
+                     cache_dir=tmp_path / "cache")
+
+    def check_state(round_, clicks, pending=None):
+        st = torch.load(out / "state.pt", weights_only=True)
+        assert st["round"] == round_ and st["clicks"] == clicks
+        assert (st["pending"] or {}).get("round") == pending
+        lab = st["labeled"]
+        assert int(lab.sum()) == clicks
+        assert torch.equal(st["sp_labels"][lab], exp.oracle.dominant[lab])
+        return st
+
+    cli("push")
+    assert "already pushed" in cli("push", rc=2)
+    cli("simulate")
+    cli("pull")
+    check_state(0, 4)
+    assert "nothing to pull" in cli("pull", rc=2)
+    cli("push")  # trains on round 0, selects round 1
+    st = torch.load(out / "state.pt", weights_only=True)
+    assert st["pending"]["round"] == 1 and [h["round"] for h in st["history"]] == [0]
+    # the round-0 project cannot be pulled into round 1
+    assert "waits for 'oreal" in cli("pull", "--project", str(st["pulled"][0]["project"]), rc=2)
+    cli("simulate")
+    cli("next")  # pull round 1, train, push round 2
+    st = check_state(1, 8, pending=2)
+    assert [h["round"] for h in st["history"]] == [0, 1]

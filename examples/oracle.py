@@ -58,10 +58,7 @@ def partial_labels(sp_map, labeled, sp_labels, ignore_index=IGNORE_INDEX):
 
     ``labeled`` Bool[N, S] and ``sp_labels`` Long[N, S] (the class annotated for each labeled superpixel,
     -1 = none). Every pixel of a labeled superpixel gets its dominant class; everything else is
-    ``ignore_index``. Returns LongTensor[N, H, W].
+    ``ignore_index``. Returns LongTensor[N, H, W] (:func:`oreal.labels.partial_labels` of the labeled entries).
     """
-    N, S = labeled.shape
-    lab = torch.where(labeled & (sp_labels >= 0), sp_labels, torch.full_like(sp_labels, ignore_index))
-    lab = torch.cat([lab, torch.full((N, 1), ignore_index, dtype=lab.dtype)], 1)  # column S for sp id -1
-    idx = torch.where(sp_map >= 0, sp_map, torch.full_like(sp_map, S))
-    return torch.gather(lab, 1, idx.reshape(N, -1)).reshape(sp_map.shape)
+    sp_labels = torch.where(labeled, sp_labels, torch.full_like(sp_labels, -1))
+    return oreal.labels.partial_labels(sp_map, sp_labels, ignore_index=ignore_index)

@@ -23,6 +23,9 @@ from oreal.select import Selection, candidates, greedy_per_class, select, superp
 from oreal.uncertainty import bald, balent, binary_entropy, bvsb, entropy, margin, ovr_entropy
 from oreal import strategies  # noqa: E402,F401  (oreal.strategies.query, oreal.strategies.available)
 from oreal import stream  # noqa: E402,F401  (oreal.stream.StreamingSelector; imports strategies)
+from oreal import labels  # noqa: E402,F401  (oreal.labels.region_masks, partial_labels, relabel_superpixels)
+from oreal import superpixels  # noqa: E402,F401  (oreal.superpixels.compute; OpenCV / scikit-image imported lazily)
+from oreal import pool  # noqa: E402,F401  (oreal.pool.score_pool: a model and a DataLoader into a StreamingSelector)
 
 __version__ = "0.1.0"
 

@@ -140,7 +140,21 @@ def validate_ids(x: Tensor, name: str, low: int, high: int, what: str, extra: Op
     if bool(bad.any()):
         value = int(x[bad].flatten()[0])
         allowed = f"[{low}, {high})" + (f" or {extra}" if extra is not None else "")
-        raise ValueError(f"Expected `{name}` to hold {what} in {allowed}, but found {value}")
+        raise ValueError(f"Expected `{name}` to hold {what} in {allowed}, but found {value}"
+                         + _ids_hint(name, what, value, high, int(hi), extra))
+
+
+def _ids_hint(name: str, what: str, value: int, high: int, largest: int, extra: Optional[int]) -> str:
+    """What to do about a bad id: the superpixel count or relabelling for maps, ``ignore_index`` for labels."""
+    if name == "sp_map" and what == "superpixel ids":
+        if value >= high:
+            return (f"; pass num_superpixels = largest id + 1 = {largest + 1}, or make the ids contiguous per image "
+                    f"with `sp_map, S = oreal.labels.relabel_superpixels(sp_map)`")
+        return (f"; mark pixels without a superpixel with -1 (`oreal.labels.relabel_superpixels(sp_map, "
+                f"ignore={value})` does)")
+    if what == "class ids" and extra is not None:
+        return f"; if {value} marks pixels without a label (void), pass `ignore_index={value}`"
+    return ""
 
 
 def validate_nonnegative(x: Tensor, name: str) -> None:

@@ -32,6 +32,7 @@ import torch
 
 import oreal
 from oreal import export as ox
+from oreal.labels import region_masks
 
 from .al_loop import (Experiment, LoopConfig, StateError, _needs_mc, _sub_seed, atomic_write_bytes, load_state,
                       parse_strategy, save_state, write_json)
@@ -203,8 +204,7 @@ def _write_round_files(exp, a, r, sel, tasks, config):
     write_json(d / "tasks.json", tasks)
     atomic_write_bytes(d / "config.xml", lambda f: f.write(config.encode()))
     coco = []
-    for n, s in zip(sel.image.tolist(), sel.superpixel.tolist()):
-        mask = exp.sp_map[n] == s
+    for n, s, mask in zip(sel.image.tolist(), sel.superpixel.tolist(), region_masks(sel, exp.sp_map)):
         atomic_write_bytes(d / "masks" / f"image{n}_sp{s}.png", lambda f, m=mask: f.write(ox.png_bytes(m)))
         coco.append({"image": n, "superpixel": s, "segmentation": ox.coco_rle(mask)})
     write_json(d / "coco_rle.json", coco)

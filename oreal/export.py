@@ -32,6 +32,7 @@ from torch import Tensor
 
 from oreal._checks import check_bool_tensor, check_choice, check_int, check_int_tensor, check_shape, check_tensor
 from oreal.aggregate import check_sp_map
+from oreal.labels import region_masks
 
 __all__ = [
     "Answers",
@@ -322,7 +323,7 @@ def tasks(selection: Any, sp_map: Tensor, images: Union[Tensor, Sequence[str]], 
         round: the round number, stored in each task and checked by :func:`read_answers`.
         outline: also paint the region boundaries into the embedded image (needs pixel ``images``), for
             projects that hide predictions from annotators.
-        validate_args: check superpixel ids (host sync).
+        validate_args: check superpixel ids, and that every pick is present in its image (host syncs).
 
     Returns:
         list[dict]: ``[{"data": {...}, "predictions": [{"model_version": "oreal", "result": [...]}]}, ...]``.
@@ -356,6 +357,7 @@ def tasks(selection: Any, sp_map: Tensor, images: Union[Tensor, Sequence[str]], 
                             + (f" of length {len(images)}" if isinstance(images, Sequence) else ""))
         if outline:
             raise ValueError("Expected `images` as pixels (uint8 Tensor[N, 3, H, W]) with outline=True, but got URLs")
+    all_masks = region_masks(selection, sp_map, validate_args=validate_args).cpu()
     groups: Dict[Any, List[int]] = {}
     for i, (n, s) in enumerate(pairs):
         groups.setdefault(n if per == "image" else i, []).append(i)
@@ -363,7 +365,7 @@ def tasks(selection: Any, sp_map: Tensor, images: Union[Tensor, Sequence[str]], 
     for idx in groups.values():
         n = pairs[idx[0]][0]
         sps = [pairs[i][1] for i in idx]
-        masks = sp_map[n].cpu()[None] == torch.tensor(sps)[:, None, None]
+        masks = all_masks[idx]
         if isinstance(images, Tensor):
             pix = images[n].cpu()
             url = data_uri(png_bytes(_outlined(pix, masks) if outline else pix))

@@ -104,7 +104,7 @@ def labeling_config(class_names: Sequence[str], *, weak: bool = False, per: str 
           <BrushLabels name="region" toName="image">
             <Label value="region" background="#ff00ff"/>
           </BrushLabels>
-          <Header value="Class of the region outlined in magenta"/>
+          <Header value="Class of the magenta region"/>
           <Choices name="class" toName="image" choice="single-radio" required="true" showInline="true">
             <Choice value="sky"/>
             <Choice value="road &amp; kerb"/>
@@ -115,7 +115,7 @@ def labeling_config(class_names: Sequence[str], *, weak: bool = False, per: str 
     check_choice(per, "per", ("superpixel", "image"))
     choice = "multiple" if weak else "single-radio"
     what = "Classes present in" if weak else "Class of"
-    region = "each region (select it first)" if per == "image" else "the region outlined in magenta"
+    region = "each magenta region (select it first)" if per == "image" else "the magenta region"
     per_region = ' perRegion="true"' if per == "image" else ""
     lines = ["<View>",
              f'  <Image name="{IMAGE_NAME}" value="${IMAGE_NAME}" zoom="true" zoomControl="true"/>',

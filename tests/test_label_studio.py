@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -59,8 +60,8 @@ def _stop(proc):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("label_studio")
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, LABEL_STUDIO_USERNAME="oreal@example.com", LABEL_STUDIO_PASSWORD=secrets.token_hex(8),
+    port, token, password = _free_port(), secrets.token_hex(16), secrets.token_hex(8)
+    env = dict(os.environ, LABEL_STUDIO_USERNAME="oreal@example.com", LABEL_STUDIO_PASSWORD=password,
                LABEL_STUDIO_USER_TOKEN=token, LABEL_STUDIO_COLLECT_ANALYTICS="false")
     log = open(root / "server.log", "wb")
     t0 = time.monotonic()
@@ -87,7 +88,8 @@ def server(tmp_path_factory):
                 pass
             time.sleep(1)
         print(f"\nlabel-studio ready after {time.monotonic() - t0:.0f} s")
-        yield {"url": url, "token": token, "exe": EXE, "root": root}
+        yield {"url": url, "token": token, "exe": EXE, "root": root, "user": "oreal@example.com",
+               "password": password}
     finally:
         _stop(proc)
         log.close()
@@ -242,3 +244,118 @@ def test_cli_push_pull_rounds(server, tmp_path):
     cli("next")  # pull round 1, train, push round 2
     st = check_state(1, 8, pending=2)
     assert [h["round"] for h in st["history"]] == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------- the UI
+class _Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4), standard library only."""
+
+    def __init__(self, exe, profile):
+        # fd 3 of the browser reads our commands (its stdin pipe), fd 4 writes the replies (its stdout pipe)
+        cmd = ["bash", "-c", 'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null', exe, "--headless=new",
+               "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+               "--remote-debugging-pipe", f"--user-data-dir={profile}", "--window-size=1280,900", "about:blank"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.n, self.buf, self.session = 0, b"", None
+
+    def _read(self, deadline):
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise TimeoutError("no answer from chromium")
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self.buf += chunk
+        raw, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method, params=None, *, timeout=60):
+        self.n += 1
+        msg = {"id": self.n, "method": method, "params": params or {}}
+        if self.session:
+            msg["sessionId"] = self.session
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\0")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self._read(deadline)
+            if m.get("id") == self.n:
+                if "error" in m:
+                    raise RuntimeError(f"{method}: {m['error']}")
+                return m["result"]
+
+    def open(self):
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+
+    def eval(self, expr):
+        return self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True})["result"].get("value")
+
+    def wait(self, expr, timeout):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            try:
+                if self.eval(expr):
+                    return
+            except RuntimeError:  # navigating: no context yet
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"waited {timeout} s for {expr}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(20)
+
+
+def test_task_renders_in_the_ui(server, tmp_path):
+    """The generated config shows a task in Label Studio's labeling UI: a screenshot that is not blank, with the
+    pre-filled magenta region, and every class offered."""
+    exe = os.environ.get("OREAL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not exe:
+        pytest.skip("no chromium ($OREAL_CHROMIUM or PATH)")
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    classes, images, gt, sp, orc = _pool()
+    client = LabelStudio(server["url"], server["token"])
+    sel = oreal.Selection(torch.tensor([2]), torch.tensor([9]), torch.tensor([-1]), torch.zeros(1))
+    pid = client.create_project("oreal test ui", ox.labeling_config(classes, void=VOID))["id"]
+    client.import_tasks(pid, ox.tasks(sel, sp, images, num_superpixels=16))
+    browser = _Chromium(exe, tmp_path / "profile")
+    try:
+        browser.open()
+        browser.send("Page.navigate", {"url": server["url"] + "/user/login/"})
+        browser.wait("!!document.querySelector('input[name=email]')", 60)
+        browser.eval(f"document.querySelector('input[name=email]').value = {json.dumps(server['user'])};"
+                     f"document.querySelector('input[name=password]').value = {json.dumps(server['password'])};"
+                     "document.querySelector('form').submit(); true")
+        browser.wait("location.pathname.indexOf('/user/login') < 0", 60)
+        browser.send("Page.navigate", {"url": f"{server['url']}/projects/{pid}/data?labeling=1"})
+        browser.wait("document.querySelectorAll('canvas').length > 0", 120)
+        time.sleep(3)  # the image and the brush layer are drawn after the canvas appears
+        text = browser.eval("document.body.innerText")
+        rects = browser.eval("JSON.stringify([...document.querySelectorAll('canvas')].map(c => {"
+                             "const r = c.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }))")
+        png = __import__("base64").b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"])
+    finally:
+        browser.close()
+    (tmp_path / "task.png").write_bytes(png)
+    for name in classes + [VOID, "Submit"]:
+        assert name in text, f"{name!r} not on the labeling page: {text[:500]!r}"
+    shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int)  # RGB
+    assert shot.shape[0] >= 600 and shot.shape[1] >= 1000
+    assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000  # not blank: the image is there
+    magenta = (shot[..., 0] > 180) & (shot[..., 1] < 110) & (shot[..., 2] > 180)
+    x0, y0, x1, y1 = (int(round(v)) for v in max(json.loads(rects), key=lambda q: (q[2] - q[0]) * (q[3] - q[1])))
+    pix = images[2].permute(1, 2, 0).int()
+    assert int(((pix[..., 0] > 180) & (pix[..., 1] < 110) & (pix[..., 2] > 180)).sum()) == 0  # none in the image
+    # the pre-filled region (8 x 8 of 32 x 32 pixels) is drawn in magenta over the image
+    area = max(x1 - x0, 1) * max(y1 - y0, 1)
+    assert int(magenta[max(y0, 0):y1, max(x0, 0):x1].sum()) > area / 16 * 0.5, (rects, int(magenta.sum()))

@@ -456,3 +456,43 @@ def test_round_trip_with_the_oracle():
         want[picks.image, picks.superpixel] = orc.dominant[picks.image, picks.superpixel]
         assert torch.equal(got.labels, want)
         assert int(got.labeled.sum()) == 5
+
+
+def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch):
+    """examples/label_studio.py without a server: push --files-only, answers in an export file, pull --export."""
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "ximgproc"):
+        pytest.skip("opencv-contrib (cv2.ximgproc) not installed")
+    from examples import label_studio as L
+    from examples.al_loop import Experiment
+
+    monkeypatch.setenv("OREAL_CACHE", str(tmp_path / "cache"))
+    tiny = ["--out", str(tmp_path / "run"), "--size", "32x32", "--limits", "6,2,2", "--sp-count", "16", "--budget",
+            "4", "--rounds", "1", "--width", "4", "--threads", "1"]
+    logs = []
+    assert L.main(["push", "--files-only", *tiny], log=logs.append) == 0
+    assert L.main(["push", "--files-only", *tiny], log=logs.append) == 2  # already pushed
+    pushed = json.loads((tmp_path / "run" / "round_0" / "tasks.json").read_text())
+    assert len(pushed) == 4 and len(list((tmp_path / "run" / "round_0" / "masks").glob("*.png"))) == 4
+    exp = Experiment(L._cfg(L.build_parser().parse_args(["status", *tiny])), tmp_path / "run", progress=False,
+                     cache_dir=tmp_path / "cache")
+    names, dom = exp.dataset.classes, exp.oracle.dominant
+    export = [dict(t, id=i, annotations=[{"id": i, "was_cancelled": False, "result": [
+        {"type": "choices", "from_name": "class", "value": {"choices": [
+            names[int(dom[t["data"]["oreal_image"], s])] if dom[t["data"]["oreal_image"], s] >= 0 else L.VOID]}}
+        for s in t["data"]["oreal_superpixels"]]}]) for i, t in enumerate(pushed)]
+    wrong = json.loads(json.dumps(export))
+    for t in wrong:
+        t["data"]["oreal_round"] = 1
+    (tmp_path / "wrong.json").write_text(json.dumps(wrong))
+    (tmp_path / "export.json").write_text(json.dumps(export))
+    before = (tmp_path / "run" / "state.pt").read_bytes()
+    assert L.main(["pull", "--export", str(tmp_path / "wrong.json"), *tiny], log=logs.append) == 2
+    assert (tmp_path / "run" / "state.pt").read_bytes() == before  # a refused pull changes nothing
+    assert L.main(["pull", "--export", str(tmp_path / "export.json"), *tiny], log=logs.append) == 0
+    st = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert st["round"] == 0 and st["pending"] is None and int(st["labeled"].sum()) == 4
+    assert torch.equal(st["sp_labels"][st["labeled"]], dom[st["labeled"]])
+    assert L.main(["pull", "--export", str(tmp_path / "export.json"), *tiny], log=logs.append) == 2  # nothing pending
+    other = [x if x != "4" else "5" for x in tiny]  # budget and width 5: not the configuration of the state
+    assert other != tiny and L.main(["status", *other], log=logs.append) == 2

@@ -7,8 +7,10 @@ and a free port, and is stopped by its process id when the module ends.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import secrets
 import select
 import shutil
@@ -109,14 +111,19 @@ def _pool():
     return ds.classes, images, gt, sp, Oracle(gt, sp, 16, len(ds.classes))
 
 
-def _sdk_decode(server, rles, shape):
-    """Masks from our brush RLEs, decoded by the server's own SDK (label_studio_sdk.converter.brush)."""
+def _sdk_check(server, rles, shape):
+    """Our brush RLEs through the server's own SDK (label_studio_sdk.converter.brush): the masks its decoder
+    reads, and whether its encoder writes the same bytes for them."""
     py = Path(server["exe"]).with_name("python")
-    code = ("import json, sys\nfrom label_studio_sdk.converter.brush import decode_rle\n"
-            "print(json.dumps([decode_rle(r)[3::4].tolist() for r in json.load(sys.stdin)]))")
+    if not py.exists():
+        return None  # a label-studio not from a virtual environment: no SDK to check with
+    code = ("import json, sys\nfrom label_studio_sdk.converter.brush import decode_rle, mask2rle\n"
+            f"out = []\nfor r in json.load(sys.stdin):\n    m = decode_rle(r)[3::4].reshape({shape})\n"
+            "    out.append([m.tolist(), mask2rle(m) == r])\nprint(json.dumps(out))")
     out = subprocess.run([str(py), "-c", code], input=json.dumps(rles), capture_output=True, text=True, timeout=120,
                          check=True)
-    return torch.tensor(json.loads(out.stdout)).reshape(-1, *shape) > 0
+    got = json.loads(out.stdout)
+    return [(torch.tensor(m) > 0, same) for m, same in got]
 
 
 def test_rounds_through_the_server_equal_the_oracle(server):
@@ -159,9 +166,9 @@ def test_rounds_through_the_server_equal_the_oracle(server):
             # the pre-filled regions the server stored decode (with Label Studio's SDK) to the superpixels
             preds = [(t["data"]["oreal_image"], res["id"], res["value"]["rle"])
                      for t in export for p in client.predictions(t["id"]) for res in p["result"]]
-            masks = _sdk_decode(server, [x[2] for x in preds], (32, 32))
-            for (i, rid, _), m in zip(preds, masks):
-                assert torch.equal(m, sp[i] == int(rid[2:]))
+            checked = _sdk_check(server, [x[2] for x in preds], (32, 32))
+            for (i, rid, _), (m, same_bytes) in zip(preds, checked or []):
+                assert torch.equal(m, sp[i] == int(rid[2:])) and same_bytes
             # a second annotator who disagrees is reported
             t0 = export[0]
             k = t0["data"]["oreal_superpixels"][0]
@@ -314,9 +321,17 @@ class _Chromium:
                 self.proc.wait(20)
 
 
-def test_task_renders_in_the_ui(server, tmp_path):
-    """The generated config shows a task in Label Studio's labeling UI: a screenshot that is not blank, with the
-    pre-filled magenta region, and every class offered."""
+def _js_click(selector, text):
+    """JS: click the first ``selector`` element whose text starts with ``text`` (its input if it has one)."""
+    return (f"(() => {{ const els = [...document.querySelectorAll({json.dumps(selector)})].filter("
+            f"e => e.textContent.trim().startsWith({json.dumps(text)})); if (!els.length) return false; "
+            f"(els[0].querySelector('input') || els[0]).click(); return true; }})()")
+
+
+def test_task_renders_and_is_answered_in_the_ui(server, tmp_path):
+    """The generated config in Label Studio's labeling UI: a screenshot of a task (per image, two picks) that is
+    not blank, shows the pre-filled magenta regions and offers every class; then each region is selected and
+    given the oracle's class with the mouse's clicks, the task submitted, and the export read back."""
     exe = os.environ.get("OREAL_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not exe:
         pytest.skip("no chromium ($OREAL_CHROMIUM or PATH)")
@@ -325,9 +340,9 @@ def test_task_renders_in_the_ui(server, tmp_path):
 
     classes, images, gt, sp, orc = _pool()
     client = LabelStudio(server["url"], server["token"])
-    sel = oreal.Selection(torch.tensor([2]), torch.tensor([9]), torch.tensor([-1]), torch.zeros(1))
-    pid = client.create_project("oreal test ui", ox.labeling_config(classes, void=VOID))["id"]
-    client.import_tasks(pid, ox.tasks(sel, sp, images, num_superpixels=16))
+    sel = oreal.Selection(torch.tensor([2, 2]), torch.tensor([9, 6]), torch.tensor([-1, -1]), torch.zeros(2))
+    pid = client.create_project("oreal test ui", ox.labeling_config(classes, per="image", void=VOID))["id"]
+    client.import_tasks(pid, ox.tasks(sel, sp, images, num_superpixels=16, per="image"))
     browser = _Chromium(exe, tmp_path / "profile")
     try:
         browser.open()
@@ -338,17 +353,33 @@ def test_task_renders_in_the_ui(server, tmp_path):
                      "document.querySelector('form').submit(); true")
         browser.wait("location.pathname.indexOf('/user/login') < 0", 60)
         browser.send("Page.navigate", {"url": f"{server['url']}/projects/{pid}/data?labeling=1"})
-        browser.wait("document.querySelectorAll('canvas').length > 0", 120)
-        time.sleep(3)  # the image and the brush layer are drawn after the canvas appears
-        text = browser.eval("document.body.innerText")
+        browser.wait("document.querySelectorAll('.lsf-outliner-item').length == 2", 120)
+        time.sleep(3)  # the image and the brush layer are drawn after the regions are listed
         rects = browser.eval("JSON.stringify([...document.querySelectorAll('canvas')].map(c => {"
                              "const r = c.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; }))")
-        png = __import__("base64").b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"])
+        png = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"})["data"])
+        texts = []
+        for k in range(2):  # select each region in the outliner, read its id, click the oracle's class
+            assert browser.eval(f"(() => {{ const e = [...document.querySelectorAll('.lsf-outliner-item')[{k}]"
+                                ".querySelectorAll('*')].find(x => !x.children.length && x.textContent.trim() == "
+                                "'region'); if (!e) return false; e.click(); return true; })()")
+            browser.wait("/\\bsp\\d+\\b/.test(document.body.innerText)", 20)  # the selected region's id
+            text = browser.eval("document.body.innerText")
+            texts.append(text)
+            s = int(re.search(r"\bsp(\d+)\b", text).group(1))
+            want = int(orc.dominant[2, s])
+            assert browser.eval(_js_click("label", classes[want] if want >= 0 else VOID)), text[:500]
+            time.sleep(0.5)
+        assert browser.eval(_js_click("button", "Submit"))
+        t0 = time.monotonic()
+        while not client.tasks(pid)[0].get("total_annotations"):
+            assert time.monotonic() - t0 < 30, "the submitted annotation did not reach the server"
+            time.sleep(0.5)
     finally:
         browser.close()
     (tmp_path / "task.png").write_bytes(png)
-    for name in classes + [VOID, "Submit"]:
-        assert name in text, f"{name!r} not on the labeling page: {text[:500]!r}"
+    for name in classes + [VOID]:
+        assert name in texts[0], f"{name!r} not offered for a selected region: {texts[0][:500]!r}"
     shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int)  # RGB
     assert shot.shape[0] >= 600 and shot.shape[1] >= 1000
     assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 1000  # not blank: the image is there
@@ -356,6 +387,10 @@ def test_task_renders_in_the_ui(server, tmp_path):
     x0, y0, x1, y1 = (int(round(v)) for v in max(json.loads(rects), key=lambda q: (q[2] - q[0]) * (q[3] - q[1])))
     pix = images[2].permute(1, 2, 0).int()
     assert int(((pix[..., 0] > 180) & (pix[..., 1] < 110) & (pix[..., 2] > 180)).sum()) == 0  # none in the image
-    # the pre-filled region (8 x 8 of 32 x 32 pixels) is drawn in magenta over the image
+    # the two pre-filled regions (8 x 8 of 32 x 32 pixels each) are drawn in magenta over the image
     area = max(x1 - x0, 1) * max(y1 - y0, 1)
-    assert int(magenta[max(y0, 0):y1, max(x0, 0):x1].sum()) > area / 16 * 0.5, (rects, int(magenta.sum()))
+    assert int(magenta[max(y0, 0):y1, max(x0, 0):x1].sum()) > 2 * area / 16 * 0.5, (rects, int(magenta.sum()))
+    # the answers given in the UI (per-region choices keep the ids of the pre-filled regions) read back
+    got = ox.read_answers(client.export(pid), sel, classes, num_images=6, num_superpixels=16, void=VOID)
+    assert got.labels[2, [9, 6]].tolist() == orc.dominant[2, [9, 6]].tolist()
+    assert int(got.labeled.sum()) == 2

@@ -243,7 +243,7 @@ def push(exp, a, client, log=print):
     if p["project"] is None:
         p["project"] = client.create_project(p["title"], config)["id"]
         _save(a, st)
-    have = client.project(p["project"]).get("task_number", 0)
+    have = len(client.tasks(p["project"]))
     if have == 0:
         client.import_tasks(p["project"], tasks)
     elif have != len(tasks):

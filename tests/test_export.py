@@ -496,3 +496,71 @@ def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch):
     assert L.main(["pull", "--export", str(tmp_path / "export.json"), *tiny], log=logs.append) == 2  # nothing pending
     other = [x if x != "4" else "5" for x in tiny]  # budget and width 5: not the configuration of the state
     assert other != tiny and L.main(["status", *other], log=logs.append) == 2
+
+
+class _FakeServer:
+    """In-memory stand-in for the few Label Studio endpoints the CLI uses; ``fail_imports`` imports fail first."""
+
+    url = "http://fake"
+
+    def __init__(self, fail_imports=0):
+        self.projects, self.fail_imports = {}, fail_imports
+
+    def create_project(self, title, label_config):
+        pid = len(self.projects) + 1
+        self.projects[pid] = {"title": title, "config": label_config, "tasks": []}
+        return {"id": pid}
+
+    def project(self, pid):
+        return {"id": pid, "title": self.projects[pid]["title"]}
+
+    def tasks(self, pid):
+        return self.projects[pid]["tasks"]
+
+    def import_tasks(self, pid, tasks):
+        if self.fail_imports:
+            self.fail_imports -= 1
+            from examples.label_studio import ServerError
+            raise ServerError("connection reset")
+        start = sum(len(p["tasks"]) for p in self.projects.values())
+        self.projects[pid]["tasks"] += [dict(t, id=start + i, annotations=[]) for i, t in enumerate(tasks)]
+
+    def export(self, pid):
+        return self.projects[pid]["tasks"]
+
+
+def test_cli_push_resumes_after_a_failed_import_and_refuses_other_projects(tmp_path, monkeypatch):
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "ximgproc"):
+        pytest.skip("opencv-contrib (cv2.ximgproc) not installed")
+    from examples import label_studio as L
+    from examples.al_loop import Experiment, StateError
+
+    monkeypatch.setenv("OREAL_CACHE", str(tmp_path / "cache"))
+    args = L.build_parser().parse_args(["push", "--out", str(tmp_path / "run"), "--size", "32x32", "--limits",
+                                        "6,2,2", "--sp-count", "16", "--budget", "4", "--rounds", "1"])
+    exp = Experiment(L._cfg(args), tmp_path / "run", progress=False, cache_dir=tmp_path / "cache")
+    server = _FakeServer(fail_imports=1)
+    with pytest.raises(L.ServerError):
+        L.push(exp, args, server, log=lambda *a: None)
+    st = L._load(exp, args)
+    assert st["pending"]["project"] == 1 and not st["pending"]["imported"]
+    picks = st["pending"]["picks"]
+    L.push(exp, args, server, log=lambda *a: None)  # resumes: same picks, same project, tasks imported once
+    st = L._load(exp, args)
+    assert st["pending"]["imported"] and st["pending"]["picks"] == picks
+    assert len(server.projects) == 1 and len(server.tasks(1)) == 4
+    with pytest.raises(StateError, match="already pushed"):
+        L.push(exp, args, server, log=lambda *a: None)
+    other = server.create_project("oreal 0000 round 0", "")["id"]  # same round, another run
+    args.project = other
+    with pytest.raises(StateError, match="waits for"):
+        L.pull(exp, args, server, log=lambda *a: None)
+    args.project, args.export = None, None
+    dom, names = exp.oracle.dominant, exp.dataset.classes
+    for t in server.tasks(1):
+        n, (s,) = t["data"]["oreal_image"], t["data"]["oreal_superpixels"]
+        t["annotations"] = [{"id": t["id"], "result": [{"type": "choices", "from_name": "class", "value": {
+            "choices": [names[int(dom[n, s])] if dom[n, s] >= 0 else L.VOID]}}]}]
+    st = L.pull(exp, args, server, log=lambda *a: None)
+    assert torch.equal(st["sp_labels"][st["labeled"]], dom[st["labeled"]]) and int(st["labeled"].sum()) == 4

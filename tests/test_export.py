@@ -153,6 +153,7 @@ def test_coco_rle_matches_loop_reference(mask):
     assert ref_coco_string_decode(s) == got["counts"]
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' own numpy 2 copy= warning
 @settings(max_examples=60, deadline=None)
 @given(masks_2d)
 def test_coco_rle_matches_pycocotools(mask):

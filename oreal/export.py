@@ -274,17 +274,17 @@ def brush_rle(mask: Tensor) -> List[int]:
 
 # ----------------------------------------------------------------------------------------------------------
 # tasks
-def _check_selection(selection: Any, sp_map: Tensor, num_superpixels: int) -> tuple:
+def _check_selection(selection: Any, num_images: int, num_superpixels: int) -> list:
     for f in ("image", "superpixel"):
         check_int_tensor(getattr(selection, f, None), f"selection.{f}", ndim=1)
     img, sp = selection.image.cpu().long(), selection.superpixel.cpu().long()
     if img.shape != sp.shape:
         raise ValueError(f"Expected `selection.image` and `selection.superpixel` to have equal lengths, but got "
                          f"{tuple(img.shape)} and {tuple(sp.shape)}")
-    n, s = sp_map.shape[0], num_superpixels
+    n, s = num_images, num_superpixels
     if img.numel() and (int(img.min()) < 0 or int(img.max()) >= n or int(sp.min()) < 0 or int(sp.max()) >= s):
-        raise ValueError(f"Expected the selection's image ids in [0, {n}) and superpixel ids in [0, {s}) of "
-                         f"`sp_map`, but got images in [{int(img.min())}, {int(img.max())}] and superpixels in "
+        raise ValueError(f"Expected the selection's image ids in [0, {n}) and superpixel ids in [0, {s}), "
+                         f"but got images in [{int(img.min())}, {int(img.max())}] and superpixels in "
                          f"[{int(sp.min())}, {int(sp.max())}]")
     pairs = list(zip(img.tolist(), sp.tolist()))
     if len(set(pairs)) != len(pairs):
@@ -342,7 +342,7 @@ def tasks(selection: Any, sp_map: Tensor, images: Union[Tensor, Sequence[str]], 
     num_superpixels = check_sp_map(sp_map, num_superpixels, validate_args=validate_args)
     check_choice(per, "per", ("superpixel", "image"))
     round = check_int(round, "round")
-    pairs = _check_selection(selection, sp_map, num_superpixels)
+    pairs = _check_selection(selection, sp_map.shape[0], num_superpixels)
     n_img, h, w = sp_map.shape
     if isinstance(images, Tensor):
         if images.dtype != torch.uint8:
@@ -491,8 +491,7 @@ def read_answers(export: Any, selection: Any, class_names: Sequence[str], *, num
     else:
         check_bool_tensor(labeled, "labeled", (n_img, n_sp))
     labeled = labeled.detach().cpu().clone()
-    dummy_map = torch.zeros(n_img, 1, 1, dtype=torch.long)  # only its N matters for the id check
-    picks = set(_check_selection(selection, dummy_map, n_sp))
+    picks = set(_check_selection(selection, n_img, n_sp))
     index = {n: i for i, n in enumerate(names)}
     problems: List[str] = []
     answers: Dict[tuple, tuple] = {}  # (n, s) -> (answer as a tuple of class ids (or () for void), where)

@@ -182,9 +182,13 @@ def test_rounds_through_the_server_equal_the_oracle(server):
     assert int(labeled.sum()) == 17
 
 
-def test_weak_labels_through_the_server(server):
+def test_weak_labels_through_the_server_with_a_personal_access_token(server):
     classes, images, gt, sp, orc = _pool()
-    client = LabelStudio(server["url"], server["token"])
+    # a personal access token (a JWT refresh token; the default kind of token since Label Studio 1.23), which
+    # the client exchanges for Bearer access tokens
+    pat = LabelStudio(server["url"], server["token"])._call("POST", "/api/token/", {})["token"]
+    client = LabelStudio(server["url"], pat)
+    assert client.personal
     present = oreal.superpixel_label_counts(gt, sp, 16, len(classes), ignore_index=255) > 0  # (N, S, C)
     sel = oreal.Selection(torch.tensor([1, 2, 2]), torch.tensor([5, 0, 9]), torch.full((3,), -1), torch.zeros(3))
     pid = client.create_project("oreal test weak", ox.labeling_config(classes, weak=True, per="image"))["id"]

@@ -335,6 +335,8 @@ def build_parser():
     p.add_argument("--files-only", action="store_true", help="push: write tasks.json and config.xml, no server")
     p.add_argument("--export", help="pull: a Label Studio JSON export file instead of reading the project")
     p.add_argument("--project", type=int, help="pull: read this project id instead of the pushed one")
+    p.add_argument("--restart", action="store_true",
+                   help="discard OUT/state.pt and start a new run (projects on the server are left as they are)")
     g = p.add_argument_group("loop (fixed for a run: the state refuses other values)")
     g.add_argument("--data", choices=["synthetic", "camvid", "folder"], default="synthetic")
     g.add_argument("--root")
@@ -360,6 +362,8 @@ def main(argv=None, log=print):
     torch.set_num_threads(a.threads)
     try:
         exp = Experiment(_cfg(a), Path(a.out), progress=False, log=log)
+        if a.restart:
+            (Path(a.out) / "state.pt").unlink(missing_ok=True)
         if a.command == "status":
             st = _load(exp, a)
             log(json.dumps(None if st is None else {k: st[k] for k in ("run", "round", "clicks", "pending",

@@ -497,6 +497,7 @@ def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch):
     assert L.main(["pull", "--export", str(tmp_path / "export.json"), *tiny], log=logs.append) == 2  # nothing pending
     other = [x if x != "4" else "5" for x in tiny]  # budget and width 5: not the configuration of the state
     assert other != tiny and L.main(["status", *other], log=logs.append) == 2
+    assert L.main(["status", "--restart", *other], log=logs.append) == 0 and logs[-1] == "null"  # a new run
 
 
 class _FakeServer:

@@ -135,10 +135,8 @@ def _load(exp, a):
     path = Path(a.out) / "state.pt"
     if not path.exists():
         return None
-    st = load_state(path, _fingerprint(exp, a))
-    if st["kind"] != "labelstudio":
-        raise StateError(f"{path} is not a Label Studio loop state (kind {st['kind']!r})")
-    return st
+    # The identity check refuses a state of another kind (an al_loop run), strategy or seed.
+    return load_state(path, _fingerprint(exp, a), Experiment.identity("labelstudio", a.seed, a.strategy))
 
 
 def _save(a, st):
@@ -147,7 +145,7 @@ def _save(a, st):
 
 def _new_state(exp, a):
     st = exp._new_state("labelstudio", a.seed)
-    st["config"] = _fingerprint(exp, a)
+    st.update(Experiment.identity("labelstudio", a.seed, a.strategy), config=_fingerprint(exp, a))
     st.update(run=secrets.token_hex(4), pending=None, trained_round=-1)
     return st
 

@@ -230,3 +230,40 @@ def test_max_ovr_entropy_is_the_literal_max_for_tiny_and_saturated(dtype, chunk,
     for cls in range(2):  # every class column ranks as the float64 literal max does
         assert np.array_equal(np.argsort(-fast[..., cls].ravel(), kind="stable"),
                               np.argsort(-expected[..., cls].ravel(), kind="stable"))
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_select_bits_do_not_depend_on_the_thread_count(aggregation, monkeypatch):
+    mod = sys.modules["oreal.aggregate"]
+    monkeypatch.setattr(mod, "CPU_THREADING_MIN", 0)
+    monkeypatch.setattr(mod, "CPU_CHUNK", 10)
+    probs, sp, counts, exclude = pool(c=7, seed=12)
+    probs = probs.float()
+    runs = []
+    for threads in (1, 2, 4):
+        monkeypatch.setattr(mod, "_cpu_threads", lambda: threads)
+        runs.append(oreal.select(probs, sp, counts, 9, num_superpixels=8, exclude=exclude, aggregation=aggregation))
+        runs.append(oreal.superpixel_ovr_entropy(probs, sp, 8, aggregation))
+    assert all(torch.equal(a, b) for run in runs[2::2] for a, b in zip(runs[0], run))
+    assert all(torch.equal(runs[1], scores) for scores in runs[3::2])
+    expected = ref.select(probs.numpy(), sp.numpy(), counts.tolist(), 9, 8, exclude.numpy(), aggregation)
+    assert as_rows(runs[0]) == [(n, s, c) for n, s, c, _ in expected]
+
+
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+@pytest.mark.parametrize("bad, message", [(float("nan"), "finite"), (1.25, r"in \[0, 1\].*\[-0.25, 1.25\]"),
+                                          (-0.5, r"in \[0, 1\].*\[-0.5, 1.5\]")])
+def test_select_checks_values_in_its_own_pass(aggregation, bad, message, monkeypatch):
+    """Values are checked chunk by chunk along the reduction: a bad pixel in the last chunk is still found."""
+    monkeypatch.setattr(sys.modules["oreal.aggregate"], "CPU_CHUNK", 5)
+    probs, sp, counts, _ = pool(c=2, seed=13)
+    probs = probs.float()
+    probs[-1, 0, -1, -1], probs[-1, 1, -1, -1] = bad, 1 - bad
+    with pytest.raises(ValueError, match=message):
+        oreal.select(probs, sp, counts, 3, num_superpixels=8, aggregation=aggregation)
+    probs[-1, 1, -1, -1] = 0.5  # now in range but not summing to 1 (for the in-range bad values)
+    if 0 <= bad <= 1:
+        return
+    probs[-1, 0, -1, -1] = 0.25
+    with pytest.raises(ValueError, match="sum to 1 along dim 1 .* deviation is 0.25"):
+        oreal.select(probs, sp, counts, 3, num_superpixels=8, aggregation=aggregation)

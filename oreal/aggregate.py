@@ -129,14 +129,14 @@ def count_rows(index: Tensor, num_superpixels: int) -> Tensor:
     return scatter_rows(ones, index, num_superpixels, "sum")
 
 
-def _reduce_jobs(acc: Tensor, counts: Optional[Tensor], index: Tensor, values: Tensor, jobs: list, reduce: str,
+def _reduce_jobs(acc: tuple, counts: Optional[Tensor], index: Tensor, values: tuple, jobs: list, reduce: str,
                  first_class: int) -> None:
-    """Scatter the class planes ``jobs`` of one chunk (``values`` holds classes ``first_class...``)."""
+    """Scatter the class planes ``jobs`` of one chunk into ``acc[k]`` (``values`` holds classes ``first_class...``)."""
     for k in jobs:
         if k == _COUNTS:
             counts.scatter_add_(1, index, torch.ones((), dtype=counts.dtype, device=index.device).expand_as(index))
         else:
-            _scatter_into(acc[:, k], index, values[:, k - first_class], reduce)
+            _scatter_into(acc[k], index, values[k - first_class], reduce)
 
 
 def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
@@ -173,6 +173,7 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
     step, block = (max(1, CPU_CHUNK // max(n, 1)), c) if on_cpu else (max(pixels, 1), 1)
     start = _IDENTITY[reduce] if identity is None else identity
     acc = torch.full((n, c, num_superpixels + 1), start, dtype=dtype, device=score.device)
+    acc_planes = acc.unbind(1)
     need_counts = with_counts or (reduce != "sum" and identity is None)
     counts = torch.zeros(n, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
     shape = (n, block, min(step, pixels))
@@ -192,8 +193,9 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
                 jobs = [[k for k in g if k == _COUNTS or k0 <= k < k0 + block] for g in groups]
                 if k0 and _COUNTS in jobs[-1]:
                     jobs[-1].remove(_COUNTS)  # count once per chunk
-                futures = [pool.submit(_reduce_jobs, acc, counts, idx, values, g, reduce, k0) for g in jobs[1:]]
-                _reduce_jobs(acc, counts, idx, values, jobs[0], reduce, k0)
+                planes = values.unbind(1)
+                futures = [pool.submit(_reduce_jobs, acc_planes, counts, idx, planes, g, reduce, k0) for g in jobs[1:]]
+                _reduce_jobs(acc_planes, counts, idx, planes, jobs[0], reduce, k0)
                 for f in futures:
                     f.result()
     finally:

@@ -62,7 +62,7 @@ def check_sp_map(sp_map: Tensor, num_superpixels: int, *, shape: Optional[tuple]
 
 def flat_index(sp_map: Tensor, num_superpixels: int) -> Tensor:
     """``(N, H*W)`` int64 ids with ``-1`` sent to the spill bin ``S`` (dropped after reducing)."""
-    sp = sp_map.reshape(sp_map.shape[0], -1).long()
+    sp = sp_map.reshape(sp_map.shape[0], sp_map.shape[1] * sp_map.shape[2]).long()  # not (0, -1): N may be 0
     return torch.where(sp < 0, num_superpixels, sp)
 
 
@@ -129,14 +129,15 @@ def count_rows(index: Tensor, num_superpixels: int) -> Tensor:
     return scatter_rows(ones, index, num_superpixels, "sum")
 
 
-def _reduce_jobs(acc: tuple, counts: Optional[Tensor], index: Tensor, values: tuple, jobs: list, reduce: str,
+def _reduce_jobs(acc, counts: Optional[Tensor], index: Tensor, values: tuple, jobs: list, reduce: str,
                  first_class: int) -> None:
-    """Scatter the class planes ``jobs`` of one chunk into ``acc[k]`` (``values`` holds classes ``first_class...``)."""
+    """Scatter the class planes ``jobs`` of one chunk into ``acc`` (the planes, or the ``(N, C, S + 1)`` tensor);
+    ``values`` holds the planes of classes ``first_class...``."""
     for k in jobs:
         if k == _COUNTS:
             counts.scatter_add_(1, index, torch.ones((), dtype=counts.dtype, device=index.device).expand_as(index))
         else:
-            _scatter_into(acc[k], index, values[k - first_class], reduce)
+            _scatter_into(acc[k] if isinstance(acc, tuple) else acc[:, k], index, values[k - first_class], reduce)
 
 
 def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
@@ -165,7 +166,7 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
     """
     n, c = score.shape[:2]
     dtype = compute_dtype(score)
-    flat = score.reshape(n, c, -1)
+    flat = score.reshape(n, c, score.shape[-2] * score.shape[-1])
     pixels = flat.shape[-1]
     on_cpu = score.device.type == "cpu"
     if visit is not None and not on_cpu:
@@ -173,12 +174,14 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
     step, block = (max(1, CPU_CHUNK // max(n, 1)), c) if on_cpu else (max(pixels, 1), 1)
     start = _IDENTITY[reduce] if identity is None else identity
     acc = torch.full((n, c, num_superpixels + 1), start, dtype=dtype, device=score.device)
-    acc_planes = acc.unbind(1)
+    recording = torch.is_grad_enabled() and score.requires_grad  # autograd records the scatters: one thread,
+    acc_planes = acc if recording else acc.unbind(1)  # and a fresh view per scatter (unbind's may not be written)
     need_counts = with_counts or (reduce != "sum" and identity is None)
     counts = torch.zeros(n, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
     shape = (n, block, min(step, pixels))
     buffers = [torch.empty(shape, dtype=dtype, device=score.device) for _ in range(max(1, scratch))]
-    groups = _thread_jobs(score, list(range(c)) + ([_COUNTS] if need_counts else []))
+    jobs = list(range(c)) + ([_COUNTS] if need_counts else [])
+    groups = [jobs] if recording else _thread_jobs(score, jobs)
     pool = ThreadPoolExecutor(len(groups) - 1, thread_name_prefix="oreal") if len(groups) > 1 else None
     try:
         for lo in range(0, pixels, step):
@@ -190,12 +193,12 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
                 values = _transformed(slab, views, columns, dtype, transform, slab_transform)
                 if visit is not None:
                     visit(slab, values)
-                jobs = [[k for k in g if k == _COUNTS or k0 <= k < k0 + block] for g in groups]
-                if k0 and _COUNTS in jobs[-1]:
-                    jobs[-1].remove(_COUNTS)  # count once per chunk
+                todo = [[k for k in g if k == _COUNTS or k0 <= k < k0 + block] for g in groups]
+                if k0 and _COUNTS in todo[-1]:
+                    todo[-1].remove(_COUNTS)  # count once per chunk
                 planes = values.unbind(1)
-                futures = [pool.submit(_reduce_jobs, acc_planes, counts, idx, planes, g, reduce, k0) for g in jobs[1:]]
-                _reduce_jobs(acc_planes, counts, idx, planes, jobs[0], reduce, k0)
+                futures = [pool.submit(_reduce_jobs, acc_planes, counts, idx, planes, g, reduce, k0) for g in todo[1:]]
+                _reduce_jobs(acc_planes, counts, idx, planes, todo[0], reduce, k0)
                 for f in futures:
                     f.result()
     finally:
@@ -265,7 +268,7 @@ def aggregate(score: Tensor, sp_map: Tensor, num_superpixels: int, reduce: str =
     index = flat_index(sp_map, num_superpixels)
     if score.ndim == 4:
         return per_class(score, index, num_superpixels, reduce)
-    src = score.reshape(score.shape[0], -1).to(compute_dtype(score))
+    src = score.reshape(score.shape[0], score.shape[-2] * score.shape[-1]).to(compute_dtype(score))
     return scatter_rows(src, index, num_superpixels, reduce)
 
 
@@ -357,7 +360,7 @@ def superpixel_label_counts(labels: Tensor, sp_map: Tensor, num_superpixels: int
         validate_ids(labels, "labels", 0, num_classes, "class ids", extra=ignore_index)
     n = labels.shape[0]
     index = flat_index(sp_map, num_superpixels)
-    lab = labels.reshape(n, -1).long()
+    lab = labels.reshape(n, labels.shape[1] * labels.shape[2]).long()
     valid = (lab >= 0) & (lab < num_classes) & (lab != ignore_index)
     # One bin per (superpixel, class) plus a spill bin for ignored pixels and pixels outside any superpixel.
     spill = num_superpixels * num_classes

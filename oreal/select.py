@@ -18,8 +18,10 @@ from oreal._checks import (
     check_float,
     check_int,
     check_int_tensor,
+    check_real,
     check_same_device,
     check_shape,
+    compute_dtype,
     validate_finite,
     validate_nonnegative,
     validate_probabilities,
@@ -85,6 +87,7 @@ def _nonempty_candidates(counts: Tensor, exclude: Optional[Tensor]) -> Tensor:
 
 def _available_count(cand: Tensor, budget: int, allow_partial: bool) -> int:
     """Number of picks to return; the one host sync of a selection (its output size depends on it)."""
+    check_real(cand, "candidates")
     available = int(cand.sum())
     if available >= budget:
         return budget
@@ -92,6 +95,14 @@ def _available_count(cand: Tensor, budget: int, allow_partial: bool) -> int:
         raise ValueError(f"Expected a budget of at most the {available} candidate superpixels (non-empty, not "
                          f"excluded), but got budget = {budget}; pass allow_partial=True to take all {available}")
     return available
+
+
+def empty_selection(budget: int, allow_partial: bool, device: torch.device, dtype: torch.dtype) -> Selection:
+    """The selection from a pool without candidates: empty for ``budget == 0`` (or ``allow_partial``), else the
+    usual "fewer candidates than budget" error."""
+    _available_count(torch.zeros(0, dtype=torch.bool, device=device), budget, allow_partial)
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return Selection(empty, empty, empty, torch.zeros(0, dtype=dtype, device=device))
 
 
 def _ranking(values: Tensor, available: Tensor) -> Tensor:
@@ -108,6 +119,7 @@ def _check_scores(scores: Tensor, cand: Tensor, ndim: int, validate_args: bool) 
         validate_finite(scores, "scores")
 
 
+@torch.no_grad()
 def topk(scores: Tensor, budget: int, *, candidates: Tensor, allow_partial: bool = False,
          validate_args: bool = True) -> tuple[Tensor, Tensor]:
     """The ``budget`` highest scores among candidates, in descending order; ties go to the lower index.
@@ -134,6 +146,7 @@ def topk(scores: Tensor, budget: int, *, candidates: Tensor, allow_partial: bool
     return index, scores[index]
 
 
+@torch.no_grad()
 def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, candidates: Tensor,
                      allow_partial: bool = False, validate_args: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """OREAL's Algorithm 1: each class takes its debt of highest-scoring candidates, rarest class first.
@@ -216,6 +229,7 @@ def _binary_entropy_into(slab: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) 
     return plogp.add_(qlogq).neg_()
 
 
+@torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values
 def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, aggregation: str = "max", *,
                            validate_args: bool = True) -> Tensor:
     """One-vs-rest entropy of each superpixel and class, OREAL's ``S[g, c]``, without a full-size temporary.
@@ -280,6 +294,7 @@ def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation:
                      visit=visit, with_counts=True)
 
 
+@torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values
 def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *, num_superpixels: int,
            exclude: Optional[Tensor] = None, aggregation: str = "max", class_mask: Optional[Tensor] = None,
            allow_partial: bool = False, validate_args: bool = True) -> Selection:
@@ -292,7 +307,9 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
        candidates (non-empty, not excluded, not taken this round); ties to the lower ``g = n * S + s``.
 
     Deterministic; one host sync for the number of picks (plus the checks under ``validate_args``). Peak extra
-    memory is a few ``(N, H, W)`` planes, not a copy of ``probs``.
+    memory is a few ``(N, H, W)`` planes, not a copy of ``probs``. Runs under ``torch.no_grad()``: ``probs`` that
+    require grad give the same picks and a score without a graph. An empty pool (``N = 0`` or ``H * W = 0``) gives
+    an empty Selection for ``budget = 0`` and the "fewer candidates" error otherwise.
 
     Args:
         probs (Tensor[N, C, H, W]): softmax probabilities (float16/bfloat16 are computed in float32).
@@ -334,7 +351,13 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
     if exclude is not None:
         check_bool_tensor(exclude, "exclude", (n, num_superpixels))
         check_same_device(exclude, "exclude", sp_map, "sp_map")
-    index = flat_index(sp_map, num_superpixels)
+    check_real(probs, "probs")
+    if probs.numel() == 0 and num_classes > 0:  # an empty pool (N = 0 or H * W = 0) has no candidates
+        if validate_args:
+            validate_probabilities(probs)
+        class_debt(labeled_counts, budget, class_mask=class_mask, validate_args=validate_args)
+        return empty_selection(budget, allow_partial, probs.device, compute_dtype(probs))
+    index = flat_index(sp_map, num_superpixels)  # once, for the scores and the candidates
     scores, counts = _checked_ovr_scores(probs, index, num_superpixels, aggregation, validate_args)
     cand = _nonempty_candidates(counts, exclude)
     debt = class_debt(labeled_counts, budget, class_mask=class_mask, validate_args=validate_args)

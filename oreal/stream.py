@@ -48,6 +48,7 @@ unless the pool divides evenly): a repeated image found in two ranks' candidates
 
 from __future__ import annotations
 
+import numbers
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -72,6 +73,7 @@ from oreal._checks import (
     check_choice,
     check_int,
     check_int_tensor,
+    check_real,
     check_same_device,
     check_shape,
     compute_dtype,
@@ -383,6 +385,7 @@ class StreamingSelector:
 
     # ------------------------------------------------------------------------------------------------ update
 
+    @torch.no_grad()  # acquisition never needs gradients (as in query and select)
     def update(self, probs: Optional[Tensor] = None, *, sp_map: Tensor,
                image_ids: Union[Tensor, Sequence[int]], logits: Optional[Tensor] = None,
                mc_probs: Optional[Tensor] = None, images: Optional[Tensor] = None,
@@ -417,6 +420,7 @@ class StreamingSelector:
             check_bool_tensor(exclude, "exclude", shape)
             check_same_device(exclude, "exclude", sp_map, "sp_map")
         self._check_consistent(sp_map, given, h, w)
+        check_real(sp_map, "sp_map")
         self.seen.check(ids_cpu)
         if n == 0:
             return
@@ -441,10 +445,17 @@ class StreamingSelector:
     def _check_ids(self, image_ids: Union[Tensor, Sequence[int]], n: int, unit: int) -> Tensor:
         if not isinstance(image_ids, Tensor):
             try:
-                image_ids = torch.as_tensor(list(image_ids), dtype=torch.long)
-            except (TypeError, ValueError, RuntimeError) as err:
+                values = list(image_ids)
+            except TypeError as err:
                 raise TypeError(f"Expected `image_ids` to be a Tensor[n] or a sequence of ints, but got "
                                 f"{type(image_ids).__name__}") from err
+            # Integers only: floats, bools and float arrays are refused, not truncated.
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise TypeError(f"Expected `image_ids` to be integers, but got {type(v).__name__} {v!r}")
+            if values and max(abs(int(v)) for v in values) > _SENTINEL:
+                raise ValueError(f"Expected `image_ids` to fit in int64, but got {max(values, key=abs)}")
+            image_ids = torch.as_tensor(values, dtype=torch.long)
         check_int_tensor(image_ids, "image_ids", ndim=1)
         check_shape(image_ids, "image_ids", (n,), "= (n,) to match sp_map")
         ids = image_ids.long().cpu()  # the duplicate check runs on the host anyway
@@ -661,6 +672,7 @@ class StreamingSelector:
 
     # ------------------------------------------------------------------------------------------------ compute
 
+    @torch.no_grad()
     def compute(self, *, allow_partial: bool = False) -> Selection:
         """The selection over every batch given so far (a collective when ``distributed``).
 

@@ -135,7 +135,8 @@ class ProbabilityCheck:
         if not piece.numel():
             return
         # NaN or inf anywhere makes the corresponding sum non-finite, so one reduction checks both.
-        err = (piece.sum(dim=self.dim, dtype=torch.float32) - 1).abs().amax().double()
+        low_sum, high_sum = torch.aminmax(piece.sum(dim=self.dim, dtype=torch.float32))
+        err = torch.maximum(1 - low_sum.double(), high_sum.double() - 1)
         if nearest is None:
             lo, hi = torch.aminmax(piece)
             lowest = torch.minimum(lo.double(), 1 - hi.double())

@@ -69,10 +69,11 @@ def flat_index(sp_map: Tensor, num_superpixels: int) -> Tensor:
 _IDENTITY = {"max": float("-inf"), "min": float("inf"), "sum": 0, "mean": 0}
 
 # Pixels per chunk (all images of the batch together) when reducing class planes on the CPU. A chunk of every class
-# plane is transformed at once into a scratch slab of ``C * CPU_CHUNK`` values (4.75 MiB of float32 at C = 19),
-# reused for every chunk; smaller chunks lose to per-call overhead, larger ones to cache misses.
-# `benchmarks/bench_select.py --chunk N` measures it.
-CPU_CHUNK = 1 << 16
+# plane is transformed at once into a scratch slab of ``C * CPU_CHUNK`` values (9.5 MiB of float32 at C = 19),
+# reused for every chunk. Every chunk costs a few parallel regions and ~C + 3 kernel calls, which dominate below
+# 2^16 pixels (and under load from other processes); 2^16 to 2^18 measure alike. `benchmarks/bench_select.py
+# --chunk N` measures it.
+CPU_CHUNK = 1 << 17
 
 # Scatter kernels run on one thread on the CPU, so the class planes of a chunk are spread over up to this many
 # threads (never more than torch.get_num_threads()); each plane is reduced by one thread, in pixel order, so the

@@ -7,6 +7,7 @@ Every message says what was expected and what came.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Optional, Sequence
 
@@ -111,22 +112,53 @@ def sum_tolerance(dtype: torch.dtype) -> float:
 
 def validate_probabilities(probs: Tensor, name: str = "probs", dim: int = 1) -> None:
     """Finite, in [0, 1], and summing to 1 along ``dim`` (host sync). An empty tensor passes."""
-    check_real(probs, name)
-    if probs.numel() == 0:
-        return
-    lo, hi = torch.aminmax(probs)
-    sums = probs.sum(dim=dim, dtype=torch.float32)
-    # NaN or inf anywhere makes the corresponding sum non-finite, so one reduction checks both.
-    if not bool(torch.isfinite(sums).all()):
-        raise ValueError(f"Expected `{name}` to contain only finite values, but found NaN or inf")
-    if lo < 0 or hi > 1:
-        raise ValueError(f"Expected `{name}` to be probabilities in [0, 1], but got values in "
-                         f"[{float(lo):.4g}, {float(hi):.4g}]; pass softmax(logits, dim={dim}), not logits")
-    err = float((sums - 1).abs().max()) if sums.numel() else 0.0
-    tol = sum_tolerance(probs.dtype)
-    if err > tol:
-        raise ValueError(f"Expected `{name}` to sum to 1 along dim {dim} (tolerance {tol:g}), but the largest "
-                         f"deviation is {err:.4g}; pass softmax(logits, dim={dim}), not logits")
+    check = ProbabilityCheck(probs, name, dim)
+    check(probs)
+    check.raise_if_invalid()
+
+
+class ProbabilityCheck:
+    """:func:`validate_probabilities` piece by piece, for a pass that already reads the data: call it on pieces of
+    ``probs`` that keep all of dimension ``dim``, then :meth:`raise_if_invalid` (one host sync, the same errors).
+
+    A caller that has ``min(p, 1 - p)`` of a piece at hand passes it as ``nearest``: it is negative exactly where
+    ``p`` is outside ``[0, 1]``, so the range check costs a minimum of data in cache (the range quoted in the error is
+    then computed from ``probs``, on the error path only).
+    """
+
+    def __init__(self, probs: Tensor, name: str = "probs", dim: int = 1) -> None:
+        check_real(probs, name)
+        self.probs, self.name, self.dim = probs, name, dim
+        self.parts: list = []
+
+    def __call__(self, piece: Tensor, nearest: Optional[Tensor] = None) -> None:
+        if not piece.numel():
+            return
+        # NaN or inf anywhere makes the corresponding sum non-finite, so one reduction checks both.
+        low_sum, high_sum = torch.aminmax(piece.sum(dim=self.dim, dtype=torch.float32))
+        err = torch.maximum(1 - low_sum.double(), high_sum.double() - 1)
+        if nearest is None:
+            lo, hi = torch.aminmax(piece)
+            lowest = torch.minimum(lo.double(), 1 - hi.double())
+        else:
+            lowest = nearest.amin().double()
+        self.parts.append(torch.stack([err, lowest]))
+
+    def raise_if_invalid(self) -> None:
+        if not self.parts:
+            return
+        stats = torch.stack(self.parts).cpu()
+        err, lowest = float(stats[:, 0].max()), float(stats[:, 1].min())
+        if not math.isfinite(err):
+            raise ValueError(f"Expected `{self.name}` to contain only finite values, but found NaN or inf")
+        if lowest < 0:
+            lo, hi = torch.aminmax(self.probs)
+            raise ValueError(f"Expected `{self.name}` to be probabilities in [0, 1], but got values in "
+                             f"[{float(lo):.4g}, {float(hi):.4g}]; pass softmax(logits, dim={self.dim}), not logits")
+        tol = sum_tolerance(self.probs.dtype)
+        if err > tol:
+            raise ValueError(f"Expected `{self.name}` to sum to 1 along dim {self.dim} (tolerance {tol:g}), but the "
+                             f"largest deviation is {err:.4g}; pass softmax(logits, dim={self.dim}), not logits")
 
 
 def validate_finite(x: Tensor, name: str) -> None:

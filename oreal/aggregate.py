@@ -15,6 +15,7 @@ last bits; on the CPU they are deterministic.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import torch
@@ -61,17 +62,40 @@ def check_sp_map(sp_map: Tensor, num_superpixels: int, *, shape: Optional[tuple]
 
 def flat_index(sp_map: Tensor, num_superpixels: int) -> Tensor:
     """``(N, H*W)`` int64 ids with ``-1`` sent to the spill bin ``S`` (dropped after reducing)."""
-    sp = sp_map.reshape(sp_map.shape[0], -1).long()
+    sp = sp_map.reshape(sp_map.shape[0], sp_map.shape[1] * sp_map.shape[2]).long()  # not (0, -1): N may be 0
     return torch.where(sp < 0, num_superpixels, sp)
 
 
 _IDENTITY = {"max": float("-inf"), "min": float("inf"), "sum": 0, "mean": 0}
 
-# Pixels per chunk (all images of the batch together) when reducing class planes on the CPU. Chunks bound the
-# scratch buffer whatever the batch size, and keep a chunk of a plane and its index cache-resident (1 MiB of
-# float32 + 2 MiB of index at 2^18). Smaller chunks lose to per-call overhead: `benchmarks/bench_select.py
-# --chunk N` measures it (2^15: 7.7x the read pass, 2^18: 4.8x, on the 2-core development machine).
-CPU_CHUNK = 1 << 18
+# Pixels per chunk (all images of the batch together) when reducing class planes on the CPU. A chunk of every class
+# plane is transformed at once into a scratch slab of ``C * CPU_CHUNK`` values (9.5 MiB of float32 at C = 19),
+# reused for every chunk. Every chunk costs a few parallel regions and ~C + 3 kernel calls, which dominate below
+# 2^16 pixels (and under load from other processes); 2^16 to 2^18 measure alike. `benchmarks/bench_select.py
+# --chunk N` measures it.
+CPU_CHUNK = 1 << 17
+
+# Scatter kernels run on one thread on the CPU, so the class planes of a chunk are spread over up to this many
+# threads (never more than torch.get_num_threads()); each plane is reduced by one thread, in pixel order, so the
+# result is the same bits whatever the thread count. Calls on fewer values than CPU_THREADING_MIN stay on the
+# calling thread (starting a thread costs more than it saves).
+CPU_THREADS = 2
+CPU_THREADING_MIN = 1 << 20
+
+_COUNTS = -1  # the job "count the pixels of each superpixel" in a thread's list of class planes
+
+
+def _cpu_threads() -> int:
+    return max(1, min(CPU_THREADS, torch.get_num_threads()))
+
+
+def _thread_jobs(score: Tensor, jobs: list) -> list:
+    """``jobs`` (class indices, maybe ``_COUNTS``) cut into one contiguous list per thread, the caller's first."""
+    threads = 1
+    if score.device.type == "cpu" and score.numel() >= CPU_THREADING_MIN:
+        threads = min(_cpu_threads(), len(jobs))
+    bounds = [round(i * len(jobs) / threads) for i in range(threads + 1)]
+    return [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
 
 
 def _scatter_into(out: Tensor, index: Tensor, src: Tensor, reduce: str) -> None:
@@ -106,42 +130,105 @@ def count_rows(index: Tensor, num_superpixels: int) -> Tensor:
     return scatter_rows(ones, index, num_superpixels, "sum")
 
 
+def _reduce_jobs(acc, counts: Optional[Tensor], index: Tensor, values: tuple, jobs: list, reduce: str,
+                 first_class: int) -> None:
+    """Scatter the class planes ``jobs`` of one chunk into ``acc`` (the planes, or the ``(N, C, S + 1)`` tensor);
+    ``values`` holds the planes of classes ``first_class...``."""
+    for k in jobs:
+        if k == _COUNTS:
+            counts.scatter_add_(1, index, torch.ones((), dtype=counts.dtype, device=index.device).expand_as(index))
+        else:
+            _scatter_into(acc[k] if isinstance(acc, tuple) else acc[:, k], index, values[k - first_class], reduce)
+
+
 def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
               transform: Optional[Callable[[Tensor, Tensor, slice], Tensor]] = None,
-              identity: Optional[float] = None) -> Tensor:
+              identity: Optional[float] = None, *, slab_transform: Optional[Callable[..., Tensor]] = None,
+              scratch: int = 1, visit: Optional[Callable[[Tensor, Tensor], None]] = None, with_counts: bool = False):
     """Reduce a ``(N, C, H, W)`` score class by class into ``(N, S, C)``, without a full-size temporary.
 
-    The pixels are visited in chunks (all classes of a chunk before the next chunk, see ``CPU_CHUNK``; one chunk
-    on GPUs), so the extra memory is one chunk-sized buffer instead of an expanded index or a transformed copy.
-    ``transform(plane, buffer, columns)`` may rewrite a chunk of a class plane before the reduction: ``plane`` is
-    ``(N, P')`` in the compute dtype (half inputs are upcast first), ``columns`` the slice of flattened pixel
-    positions ``h * W + w`` it covers, and ``buffer`` a same-shaped scratch tensor it may write into and return.
-    ``identity``, when given, is a start value no pixel can beat (0.5 for a ``min`` of ``|p - 0.5|``): empty
-    superpixels then keep it and the pixel-count fix-up is skipped; otherwise empty superpixels get 0.
+    The values are visited in slabs ``(N, C', P')``: on the CPU every class of a chunk of ``CPU_CHUNK`` pixels
+    (all images together), on GPUs one class plane at a time; the extra memory is ``scratch`` slab-sized buffers
+    instead of an expanded index or a transformed copy. Before the reduction a slab may be rewritten, all its
+    classes at once, by ``slab_transform(slab, *buffers)`` (``slab`` in the input dtype, ``buffers`` ``scratch``
+    same-shaped tensors in the compute dtype that it may write into; it returns the values, in the compute dtype),
+    or class by class by ``transform(plane, buffer, columns)`` (``plane`` is ``(N, P')`` in the compute dtype, half
+    inputs upcast first, ``columns`` the slice of flattened pixel positions ``h * W + w`` it covers, ``buffer`` a
+    same-shaped scratch tensor). ``visit(slab, values)``, when given, sees every raw input slab, with all classes,
+    and its transformed values, to check them while they are in cache (CPU only; ``ValueError`` on other
+    devices). ``identity``, when given,
+    is a start value no pixel can beat (0 for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and
+    the pixel-count fix-up is skipped; otherwise empty superpixels get 0. ``with_counts=True`` also returns the
+    pixel counts ``(N, S)`` int64 (those of :func:`count_rows`), computed along.
+
+    On the CPU the class planes of a chunk are reduced on up to ``CPU_THREADS`` threads (scatter kernels use one
+    thread each); each plane is reduced by one thread in pixel order, so the result does not depend on the number
+    of threads.
     """
     n, c = score.shape[:2]
     dtype = compute_dtype(score)
-    flat = score.reshape(n, c, -1)
+    flat = score.reshape(n, c, score.shape[-2] * score.shape[-1])
     pixels = flat.shape[-1]
-    step = max(1, CPU_CHUNK // max(n, 1)) if score.device.type == "cpu" else max(pixels, 1)
+    on_cpu = score.device.type == "cpu"
+    if visit is not None and not on_cpu:
+        raise ValueError("per_class: `visit` needs whole-class slabs, which only the CPU path uses")
+    step, block = (max(1, CPU_CHUNK // max(n, 1)), c) if on_cpu else (max(pixels, 1), 1)
     start = _IDENTITY[reduce] if identity is None else identity
     acc = torch.full((n, c, num_superpixels + 1), start, dtype=dtype, device=score.device)
-    buffer = torch.empty(n, min(step, pixels), dtype=dtype, device=score.device)
-    for lo in range(0, pixels, step):
-        columns = slice(lo, min(lo + step, pixels))
-        idx = index[:, columns]
-        scratch = buffer[:, : idx.shape[1]]
-        for k in range(c):
-            plane = flat[:, k, columns]
-            if plane.dtype != dtype:
-                plane = scratch.copy_(plane)  # upcast first, so the transform computes in float32
-            if transform is not None:
-                plane = transform(plane, scratch, columns)
-            _scatter_into(acc[:, k], idx, plane, reduce)
+    recording = torch.is_grad_enabled() and score.requires_grad  # autograd records the scatters: one thread,
+    acc_planes = acc if recording else acc.unbind(1)  # and a fresh view per scatter (unbind's may not be written)
+    need_counts = with_counts or (reduce != "sum" and identity is None)
+    counts = torch.zeros(n, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
+    shape = (n, block, min(step, pixels))
+    buffers = [torch.empty(shape, dtype=dtype, device=score.device) for _ in range(max(1, scratch))]
+    jobs = list(range(c)) + ([_COUNTS] if need_counts else [])
+    groups = [jobs] if recording else _thread_jobs(score, jobs)
+    pool = ThreadPoolExecutor(len(groups) - 1, thread_name_prefix="oreal") if len(groups) > 1 else None
+    try:
+        for lo in range(0, pixels, step):
+            columns = slice(lo, min(lo + step, pixels))
+            idx = index[:, columns]
+            for k0 in range(0, c, block):
+                slab = flat[:, k0:k0 + block, columns]
+                views = [b[:, : slab.shape[1], : idx.shape[1]] for b in buffers]
+                values = _transformed(slab, views, columns, dtype, transform, slab_transform)
+                if visit is not None:
+                    visit(slab, values)
+                todo = [[k for k in g if k == _COUNTS or k0 <= k < k0 + block] for g in groups]
+                if k0 and _COUNTS in todo[-1]:
+                    todo[-1].remove(_COUNTS)  # count once per chunk
+                planes = values.unbind(1)
+                futures = [pool.submit(_reduce_jobs, acc_planes, counts, idx, planes, g, reduce, k0) for g in todo[1:]]
+                _reduce_jobs(acc_planes, counts, idx, planes, todo[0], reduce, k0)
+                for f in futures:
+                    f.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
     out = acc[:, :, :num_superpixels]
+    counts = counts[:, :num_superpixels] if counts is not None else None
     if reduce != "sum" and identity is None:
-        out = _finish(out, reduce, count_rows(index, num_superpixels)[:, None])
-    return out.permute(0, 2, 1).contiguous()
+        out = _finish(out, reduce, counts[:, None])
+    out = out.permute(0, 2, 1).contiguous()
+    return (out, counts) if with_counts else out
+
+
+def _transformed(slab: Tensor, buffers: list, columns: slice, dtype: torch.dtype,
+                 transform: Optional[Callable[[Tensor, Tensor, slice], Tensor]],
+                 slab_transform: Optional[Callable[..., Tensor]]) -> Tensor:
+    """The values to reduce for one slab: transformed, or upcast, or the slab itself."""
+    if slab_transform is not None:
+        return slab_transform(slab, *buffers)
+    buffer = buffers[0]
+    if transform is None:
+        return slab if slab.dtype == dtype else buffer.copy_(slab)
+    for k in range(slab.shape[1]):
+        dest = buffer[:, k]
+        plane = slab[:, k] if slab.dtype == dtype else dest.copy_(slab[:, k])  # upcast first
+        out = transform(plane, dest, columns)
+        if out.data_ptr() != dest.data_ptr():
+            dest.copy_(out)
+    return buffer
 
 
 def aggregate(score: Tensor, sp_map: Tensor, num_superpixels: int, reduce: str = "max", *,
@@ -182,7 +269,7 @@ def aggregate(score: Tensor, sp_map: Tensor, num_superpixels: int, reduce: str =
     index = flat_index(sp_map, num_superpixels)
     if score.ndim == 4:
         return per_class(score, index, num_superpixels, reduce)
-    src = score.reshape(score.shape[0], -1).to(compute_dtype(score))
+    src = score.reshape(score.shape[0], score.shape[-2] * score.shape[-1]).to(compute_dtype(score))
     return scatter_rows(src, index, num_superpixels, reduce)
 
 
@@ -274,7 +361,7 @@ def superpixel_label_counts(labels: Tensor, sp_map: Tensor, num_superpixels: int
         validate_ids(labels, "labels", 0, num_classes, "class ids", extra=ignore_index)
     n = labels.shape[0]
     index = flat_index(sp_map, num_superpixels)
-    lab = labels.reshape(n, -1).long()
+    lab = labels.reshape(n, labels.shape[1] * labels.shape[2]).long()
     valid = (lab >= 0) & (lab < num_classes) & (lab != ignore_index)
     # One bin per (superpixel, class) plus a spill bin for ignored pixels and pixels outside any superpixel.
     spill = num_superpixels * num_classes

@@ -6,12 +6,13 @@ scores are ranked with a stable sort, so among equal scores the lower ``g`` is p
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from oreal._checks import (
+    ProbabilityCheck,
     check_bool_tensor,
     check_choice,
     check_float,
@@ -76,7 +77,11 @@ def candidates(sp_map: Tensor, num_superpixels: int, exclude: Optional[Tensor] =
 
 
 def _candidates(index: Tensor, num_superpixels: int, exclude: Optional[Tensor]) -> Tensor:
-    nonempty = count_rows(index, num_superpixels) > 0
+    return _nonempty_candidates(count_rows(index, num_superpixels), exclude)
+
+
+def _nonempty_candidates(counts: Tensor, exclude: Optional[Tensor]) -> Tensor:
+    nonempty = counts > 0
     return nonempty if exclude is None else nonempty & ~exclude
 
 
@@ -202,18 +207,39 @@ def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, ca
     return index, cls, scores[index, cls]
 
 
-def _distance_to_half(plane: Tensor, buffer: Tensor, columns: slice) -> Tensor:
-    return torch.sub(plane, 0.5, out=buffer).abs_()
+def _distance_from_certain(slab: Tensor, buffer: Tensor) -> Tensor:
+    """``min(p, 1 - p)`` into ``buffer``, exact: ``1 - p`` is exact for ``p >= 0.5`` (Sterbenz) and not taken below."""
+    if slab.dtype != buffer.dtype:  # half input: upcast first, the value is the same
+        slab = buffer.copy_(slab)
+        return torch.minimum(slab, 1 - slab, out=buffer)
+    return torch.minimum(slab, torch.sub(1, slab, out=buffer), out=buffer)
 
 
+def _binary_entropy_into(slab: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> Tensor:
+    """``h(p) = -[p ln p + (1 - p) ln(1 - p)]`` into the buffer ``plogp``, with vectorised logarithms.
+
+    The logarithms take ``max(x, tiny)`` so that ``0 ln 0 = 0`` without a mask; ``1 - p`` is 0 or normal, so only
+    subnormal ``p`` are moved, by less than ``1e-36`` in ``h``.
+    """
+    p = slab if slab.dtype == plogp.dtype else slab.to(plogp.dtype)  # half input: computed in float32
+    tiny = torch.finfo(plogp.dtype).tiny
+    torch.clamp_min(p, tiny, out=plogp).log_().mul_(p)
+    torch.sub(1, p, out=q)
+    torch.clamp_min(q, tiny, out=qlogq).log_().mul_(q)
+    return plogp.add_(qlogq).neg_()
+
+
+@torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values
 def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, aggregation: str = "max", *,
                            validate_args: bool = True) -> Tensor:
     """One-vs-rest entropy of each superpixel and class, OREAL's ``S[g, c]``, without a full-size temporary.
 
     ``max`` uses the exact shortcut of SPEC §2: the binary entropy is symmetric about 0.5 and increasing below
-    it, so ``max_{x in g} h(p_c(x)) = h(0.5 - min_{x in g} |p_c(x) - 0.5|)``; the logarithms are taken on
-    ``N * S * C`` numbers instead of ``N * C * H * W``. ``mean`` averages ``h(p_c(x))`` one class plane at a
-    time. Empty superpixels get 0.
+    it, so ``max_{x in g} h(p_c(x)) = h(max_{x in g} min(p_c(x), 1 - p_c(x)))``; the logarithms are taken on
+    ``N * S * C`` numbers instead of ``N * C * H * W``. ``min(p, 1 - p)`` is exact in binary floating point, so
+    the result is the binary entropy of the pixel that maximises ``h`` for every representable ``p``, down to
+    the subnormals (the form ``h(0.5 - min |p - 0.5|)`` would round ``p < 1.5e-8`` to 0 in float32). ``mean``
+    averages ``h(p_c(x))`` one class plane at a time. Empty superpixels get 0.
 
     Args:
         probs (Tensor[N, C, H, W]): softmax probabilities.
@@ -235,17 +261,37 @@ def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, 
     n, _, h, w = probs.shape
     num_superpixels = check_sp_map(sp_map, num_superpixels, shape=(n, h, w), like=probs,
                                    validate_args=validate_args)
-    if validate_args:
+    return _checked_ovr_scores(probs, flat_index(sp_map, num_superpixels), num_superpixels, aggregation,
+                               validate_args)[0]
+
+
+def _checked_ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation: str,
+                        validate_args: bool) -> tuple[Tensor, Tensor]:
+    """:func:`_ovr_scores`; with ``validate_args`` the probabilities are checked along the pass on the CPU."""
+    if not validate_args:
+        return _ovr_scores(probs, index, num_superpixels, aggregation)
+    if probs.device.type != "cpu":
         validate_probabilities(probs)
-    return _ovr_scores(probs, flat_index(sp_map, num_superpixels), num_superpixels, aggregation)
+        return _ovr_scores(probs, index, num_superpixels, aggregation)
+    check = ProbabilityCheck(probs)
+    # max reduces min(p, 1 - p), which is negative exactly where p is outside [0, 1]; mean reduces h(p)
+    out = _ovr_scores(probs, index, num_superpixels, aggregation,
+                      visit=(lambda slab, values: check(slab, values)) if aggregation == "max" else
+                      (lambda slab, values: check(slab)))
+    check.raise_if_invalid()
+    return out
 
 
-def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation: str) -> Tensor:
+def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation: str,
+                visit: Optional[Callable[[Tensor, Tensor], None]] = None) -> tuple[Tensor, Tensor]:
+    """``(N, S, C)`` scores and ``(N, S)`` pixel counts, in one pass over ``probs``."""
     if aggregation == "max":
-        # min |p - 0.5| per superpixel; 0.5 is the identity (no pixel is farther), so empty ones give h(0) = 0.
-        distance = per_class(probs, index, num_superpixels, "min", _distance_to_half, identity=0.5)
-        return binary_entropy(0.5 - distance)
-    return per_class(probs, index, num_superpixels, "mean", lambda p, *_: binary_entropy(p))
+        # max min(p, 1 - p) per superpixel; 0 is the identity (no pixel is lower), so empty ones give h(0) = 0.
+        nearest_half, counts = per_class(probs, index, num_superpixels, "max", identity=0.0, visit=visit,
+                                         slab_transform=_distance_from_certain, with_counts=True)
+        return binary_entropy(nearest_half), counts
+    return per_class(probs, index, num_superpixels, "mean", slab_transform=_binary_entropy_into, scratch=3,
+                     visit=visit, with_counts=True)
 
 
 @torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values
@@ -260,8 +306,10 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
     3. :func:`greedy_per_class`: rarest class first, each class takes its ``d_c`` highest ``S[:, c]`` among
        candidates (non-empty, not excluded, not taken this round); ties to the lower ``g = n * S + s``.
 
-    Deterministic; one host sync for the number of picks (plus the checks under ``validate_args``). Peak extra
-    memory is a few ``(N, H, W)`` planes, not a copy of ``probs``. Runs under ``torch.no_grad()``: ``probs`` that
+    Deterministic, and the same bits whatever the number of threads; one host sync for the number of picks (plus
+    the checks under ``validate_args``, which on the CPU run in the same pass over ``probs``). Peak extra memory is
+    a scratch slab of ``C * 2^17`` values on the CPU (one class plane on GPUs) and a few ``(N, H, W)`` planes, not a
+    copy of ``probs``. Runs under ``torch.no_grad()``: ``probs`` that
     require grad give the same picks and a score without a graph. An empty pool (``N = 0`` or ``H * W = 0``) gives
     an empty Selection for ``budget = 0`` and the "fewer candidates" error otherwise.
 
@@ -306,14 +354,14 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
         check_bool_tensor(exclude, "exclude", (n, num_superpixels))
         check_same_device(exclude, "exclude", sp_map, "sp_map")
     check_real(probs, "probs")
-    if validate_args:
-        validate_probabilities(probs)
     if probs.numel() == 0 and num_classes > 0:  # an empty pool (N = 0 or H * W = 0) has no candidates
+        if validate_args:
+            validate_probabilities(probs)
         class_debt(labeled_counts, budget, class_mask=class_mask, validate_args=validate_args)
         return empty_selection(budget, allow_partial, probs.device, compute_dtype(probs))
     index = flat_index(sp_map, num_superpixels)  # once, for the scores and the candidates
-    scores = _ovr_scores(probs, index, num_superpixels, aggregation)
-    cand = _candidates(index, num_superpixels, exclude)
+    scores, counts = _checked_ovr_scores(probs, index, num_superpixels, aggregation, validate_args)
+    cand = _nonempty_candidates(counts, exclude)
     debt = class_debt(labeled_counts, budget, class_mask=class_mask, validate_args=validate_args)
     index, cls, score = greedy_per_class(scores.reshape(n * num_superpixels, num_classes), debt, labeled_counts,
                                          candidates=cand.reshape(-1), allow_partial=allow_partial,

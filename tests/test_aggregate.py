@@ -131,3 +131,21 @@ def test_chunked_class_planes_match_reference(reduce, chunk, monkeypatch):
     for c in range(3):
         expected = ref.aggregate(score[:, c].numpy(), sp.numpy(), 9, reduce)
         np.testing.assert_allclose(out[:, :, c].numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+def test_result_bits_do_not_depend_on_the_thread_count(reduce, monkeypatch):
+    """Class planes spread over threads give the same bits as one thread (each plane is reduced in pixel order)."""
+    mod = sys.modules["oreal.aggregate"]
+    monkeypatch.setattr(mod, "CPU_THREADING_MIN", 0)
+    monkeypatch.setattr(mod, "CPU_CHUNK", 13)
+    score, sp = score_and_map(classes=5, seed=10)
+    score = score.float()
+    outs = []
+    for threads in (1, 2, 3, 6):
+        monkeypatch.setattr(mod, "_cpu_threads", lambda: threads)
+        outs.append(oreal.aggregate(score, sp, 9, reduce))
+    assert all(torch.equal(outs[0], out) for out in outs[1:])
+    for c in range(5):
+        expected = ref.aggregate(score[:, c].double().numpy(), sp.numpy(), 9, reduce)
+        np.testing.assert_allclose(outs[0][:, :, c].numpy(), expected, rtol=1e-6, atol=1e-6)

@@ -385,7 +385,6 @@ def test_empty_pool_every_strategy(name, empty):
         assert all(t.numel() == 0 for t in stream.compute())
 
 
-@pytest.mark.xfail(strict=True, reason="aggregate's flat index reshapes (0, -1); fixed in the aggregation rewrite")
 def test_aggregate_of_an_empty_pool():
     out = oreal.aggregate(torch.zeros(0, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long), 3, "mean")
     assert out.shape == (0, 3)
@@ -515,7 +514,6 @@ ISSUE_CASE = (np.array([[[[1 - 1e-12, 1 - 1e-9]], [[1e-12, 1e-9]]]]), np.array([
 FUZZ_CASES = []
 
 
-@pytest.mark.xfail(strict=True, reason="float32 shortcut, fixed in the aggregation rewrite")
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=fuzz_pools())
 @example(case=ISSUE_CASE)

@@ -58,14 +58,18 @@ def _disk_put(k, feats):
     path = _disk_path(k)
     if path is None:
         return
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save([t.clone() for t in feats], f)
         os.replace(tmp, path)
-    except OSError:  # read-only or full disk: the memory cache still works
-        pass
+    except BaseException as e:  # read-only or full disk: the memory cache still works; never leave a .tmp
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if not isinstance(e, OSError):
+            raise
 
 
 def clear_feature_cache():

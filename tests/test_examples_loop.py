@@ -26,7 +26,7 @@ from examples.oracle import Oracle, partial_labels  # noqa: E402
 from examples.superpixels import compute_superpixels  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-CAMVID = REPO.parent / "shared" / "data" / "CamVid"
+CAMVID = D.default_camvid_root()  # ../shared/data/CamVid next to the repository, or $OREAL_CAMVID
 
 # tiny loop: 8 pool images of 32x32, ~16 superpixels each, budget 6, 2 rounds, 2 short epochs
 TINY = ["--size", "32x32", "--limits", "8,4,4", "--sp-count", "16", "--budget", "6", "--rounds", "2",
@@ -121,6 +121,9 @@ def test_camvid_loader_reads_the_segnet_layout():
     small = D.load_camvid_split(CAMVID, "val", limit=2, size=(45, 60))
     assert small.images.shape == (2, 45, 60, 3)
     assert set(np.unique(small.labels)) <= set(range(11)) | {255}
+    # the dataset brings its standard colours for the plots (sky grey, road purple, bicyclist blue)
+    pal = D.load_camvid(CAMVID, size=(45, 60), limits=(1, 1, 1)).palette
+    assert len(pal) == 11 and pal[0] == (128, 128, 128) and pal[3] == (128, 64, 128) and pal[10] == (0, 128, 192)
 
 
 def test_camvid_loader_clear_error(tmp_path):
@@ -348,3 +351,409 @@ def test_report_pairs_max_and_mean_by_seed():
     assert name == "a" and won == 1 and n == 2
     assert abs(dm) < 1e-12 and abs(ds - 0.1) < 1e-12
     assert class_makeup(res)["a:max"].tolist() == [2.0, 4.0]
+
+
+# ---------------------------------------------------------------------------------------------- hardening
+# a finished one-round run of two strategies, copied by the tests that need a saved state
+BASE = TINY[:]
+BASE[BASE.index("--rounds") + 1] = "1"
+BASE[BASE.index("--strategies") + 1] = "random,oreal:max"
+BASE += ["--no-full", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("base")
+    p = _run_cli(BASE + ["--out", str(tmp / "run")], tmp, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return tmp
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+
+    shutil.copytree(finished_run / "run", tmp_path / "run")
+    shutil.copytree(finished_run / "cache", tmp_path / "cache")
+    return tmp_path / "run"
+
+
+def test_a_state_file_copied_from_another_run_is_refused(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    st = out / "state"
+    (st / "oreal-max__seed0.pt").write_bytes((st / "random__seed0.pt").read_bytes())
+    p = _run_cli(BASE + ["--out", str(out)], tmp_path, timeout=300)
+    assert p.returncode == 2, p.stdout
+    assert "oreal-max__seed0.pt" in p.stderr and "another run" in p.stderr
+    assert "strategy: saved='random', expected='oreal:max'" in p.stderr
+    # the same for the shared round 0 of another seed
+    (st / "init__seed1.pt").write_bytes((st / "init__seed0.pt").read_bytes())
+    p = _run_cli([a if a != "0" else "1" for a in BASE] + ["--out", str(out), "--strategies", "random"],
+                 tmp_path, timeout=300)
+    assert p.returncode == 2 and "seed: saved=0, expected=1" in p.stderr, p.stderr
+
+
+def test_another_thread_count_is_refused(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    args = BASE[:]
+    args[args.index("--threads") + 1] = "2"
+    p = _run_cli(args + ["--out", str(out)], tmp_path, timeout=300)
+    assert p.returncode == 2 and "different configuration" in p.stderr
+    assert "threads: saved=1, now=2" in p.stderr
+
+
+def test_temp_files_of_a_killed_write_are_removed(finished_run, tmp_path):
+    out = _copy_run(finished_run, tmp_path)
+    stale = [out / "state" / ".random__seed0.pt.k3j2h1.tmp", out / ".results.json.x8y7z6.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a file")
+    keep = out / "state" / "notes.tmp"  # not a name our writes use
+    keep.write_bytes(b"mine")
+    p = _run_cli(BASE + ["--out", str(out)], tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert not any(f.exists() for f in stale) and keep.exists()
+
+
+def test_a_second_run_in_the_same_folder_is_refused(finished_run, tmp_path):
+    import fcntl
+
+    out = _copy_run(finished_run, tmp_path)
+    with open(out / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        p = _run_cli(BASE + ["--out", str(out)], tmp_path, timeout=300)
+    assert p.returncode == 2 and "another run is using" in p.stderr
+
+
+def test_output_files_follow_the_umask(tmp_path):
+    from examples.al_loop import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", lambda f: f.write(b"{}"))
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def _tiny_train_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 16, 16, generator=g)
+    y = (x[:, 0] > 0.5).long()
+    y[:, :4] = 255
+    return x, y
+
+
+def test_train_resumes_from_a_checkpoint_bit_identically():
+    from examples.models import build_model
+    from examples.train import TrainConfig, train
+
+    x, y = _tiny_train_data()
+    cfg = TrainConfig(max_epochs=4, patience=10, batch_size=2)
+
+    def run(resume=None, stop_after=None):
+        torch.manual_seed(1)
+        model = build_model("small", 2, width=4)
+        saved = []
+
+        def on_checkpoint(ck):
+            import copy
+
+            saved.append(copy.deepcopy(ck))
+            if ck["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            try:
+                model, info = train(model, x, y, x, y, 2, config=cfg, seed=3, on_checkpoint=on_checkpoint,
+                                    resume=resume)
+            except KeyboardInterrupt:
+                return None, None, saved
+        return model, info, saved
+
+    ref, ref_info, ckpts = run()
+    assert [c["epoch"] for c in ckpts] == [1, 2, 3]  # none after the last epoch
+    _, _, saved = run(stop_after=2)
+    got, info, _ = run(resume=saved[-1])
+    assert info == ref_info
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, got.state_dict()[k]), k
+
+
+def _tiny_experiment(out, tmp_path, **kw):
+    from examples.al_loop import Experiment, LoopConfig
+    from examples.train import TrainConfig
+
+    from dataclasses import asdict
+
+    cfg = LoopConfig(size=(32, 32), limits=(8, 4, 4), sp_count=16, budget=6, width=4, threads=1,
+                     **dict(dict(rounds=1, seeds=(0,), strategies=("random", "oreal:max")), **kw),
+                     train=asdict(TrainConfig(max_epochs=2, patience=1)))
+    return Experiment(cfg, out, progress=False, cache_dir=tmp_path / "cache")
+
+
+def test_the_full_supervision_reference_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import examples.al_loop as L
+
+    torch.set_num_threads(1)
+    want = _tiny_experiment(tmp_path / "ref", tmp_path).full()["history"]
+    exp = _tiny_experiment(tmp_path / "killed", tmp_path)
+    real_save = L.save_state
+    calls = []
+
+    def save_then_die(path, st):  # a kill right after the first epoch's checkpoint
+        real_save(path, st)
+        calls.append(Path(path).name)
+        if ".ckpt." in Path(path).name:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(L, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        exp.full()
+    monkeypatch.setattr(L, "save_state", real_save)
+    ckpt = tmp_path / "killed" / "state" / "full__seed0.ckpt.pt"
+    assert calls == ["full__seed0.ckpt.pt"] and ckpt.exists()
+    assert torch.load(ckpt, weights_only=True)["train"]["epoch"] == 1
+    got = _tiny_experiment(tmp_path / "killed", tmp_path).full()["history"]
+    assert got == want
+    assert not ckpt.exists()  # the finished reference replaces its checkpoint
+
+
+def test_progress_is_per_epoch_and_forgets_the_previous_run(tmp_path, monkeypatch):
+    import examples.al_loop as L
+
+    class Bar:
+        def __init__(self, total, enabled):
+            self.total, self.n, self.desc, self.postfix, self.shown = total, 0, "", "", []
+
+        def update(self, k=1):
+            self.n += k
+            self.shown.append((self.desc, self.postfix))
+
+        def set_description(self, d):
+            self.desc = d
+            self.shown.append((d, self.postfix))
+
+        def set_postfix_str(self, s, refresh=True):
+            self.postfix = s
+            if refresh:
+                self.shown.append((self.desc, s))
+
+        def refresh(self):
+            self.shown.append((self.desc, self.postfix))
+
+        def close(self):
+            pass
+
+    bars = []
+    monkeypatch.setattr(L, "_bar", lambda total, enabled: bars.append(Bar(total, enabled)) or bars[-1])
+    torch.set_num_threads(1)
+    exp = _tiny_experiment(tmp_path / "run", tmp_path, full_supervision=False)
+    exp.progress = True
+    exp.run()
+    bar = bars[-1]
+    # epochs move the bar; what early stopping skipped comes off the total: it ends full
+    assert bar.n == bar.total and bar.n >= 3
+    assert sum(1 for d, p in bar.shown if p.startswith("epoch ")) >= 3
+    # every line shown while a piece of work runs speaks of that work only: after a switch the previous
+    # run's test mIoU is gone
+    for (d0, p0), (d1, p1) in zip(bar.shown, bar.shown[1:]):
+        if d1 != d0:
+            assert p1 == "", (d0, p0, d1, p1)
+
+
+# ---------------------------------------------------------------------------------------------- docs, data
+def test_docs_install_the_examples_extra_and_state_one_full_schedule():
+    from examples.al_loop import FULL_SCHEDULE, build_parser, full_train_config
+    from examples.train import TrainConfig
+
+    doc = (REPO / "docs" / "examples.md").read_text()
+    assert 'pip install -e ".[examples]"' in doc
+    for line in doc.splitlines():
+        if "pip install" in line and "torchvision" in line:
+            assert "[examples]" in line, line
+    helptext = " ".join(a.help or "" for a in build_parser()._actions)  # unwrapped: argparse wraps at "-"
+    assert FULL_SCHEDULE in helptext and FULL_SCHEDULE in " ".join(doc.split())
+    # and the code does what the words say
+    tc = full_train_config(TrainConfig(max_epochs=10, patience=2), rounds=4)
+    assert (tc.max_epochs, tc.patience) == (50, 10)
+    tc = full_train_config(TrainConfig(max_epochs=3, patience=5), rounds=1)
+    assert (tc.max_epochs, tc.patience) == (6, 10)
+
+
+def _folder(tmp_path, names, size=(12, 10), ext=".png"):
+    rng = np.random.default_rng(0)
+    for i, n in enumerate(names):
+        s = size if not isinstance(size, list) else size[i]
+        _write_png(tmp_path / "images" / f"{n}{ext}", rng.integers(0, 256, (*s, 3), dtype=np.uint8))
+        _write_png(tmp_path / "labels" / f"{n}.png", rng.integers(0, 2, s).astype(np.uint8))
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+
+
+def test_folder_split_lists_all_or_none_disjoint_without_extension(tmp_path):
+    _folder(tmp_path, ["im0", "im1", "im2", "im3"])
+    (tmp_path / "train.txt").write_text("im0\nim1\n")
+    (tmp_path / "test.txt").write_text("im3\n")
+    with pytest.raises(D.DataError, match=r"val\.txt"):  # one missing: not silently a random split
+        D.load_folder(tmp_path)
+    (tmp_path / "val.txt").write_text("im2\nim1\n")
+    with pytest.raises(D.DataError, match=r"'im1' is listed in train\.txt and in val\.txt"):
+        D.load_folder(tmp_path)
+    (tmp_path / "val.txt").write_text("im2.png\n")
+    with pytest.raises(D.DataError, match="without extension"):
+        D.load_folder(tmp_path)
+    (tmp_path / "val.txt").write_text("im2\n")
+    ds = D.load_folder(tmp_path)
+    assert (ds.train.names, ds.val.names, ds.test.names) == (["im0", "im1"], ["im2"], ["im3"])
+
+
+@pytest.mark.parametrize("ext", [".jpeg", ".bmp", ".tif", ".JPG"])
+def test_folder_reads_the_documented_image_types(tmp_path, ext):
+    _folder(tmp_path, ["a", "b", "c"], ext=ext)
+    ds = D.load_folder(tmp_path)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 3
+    doc = (REPO / "docs" / "examples.md").read_text()
+    assert ext.lower() in doc
+
+
+def test_different_image_sizes_name_the_size_flag(tmp_path):
+    _folder(tmp_path, ["a", "b", "c"], size=[(12, 10), (12, 10), (14, 10)])
+    for s, n in (("train", "a\nb\nc"), ("val", ""), ("test", "")):
+        (tmp_path / f"{s}.txt").write_text(n)
+    with pytest.raises(D.DataError, match="--size HxW"):
+        D.load_folder(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- what the user sees
+def _shim(tmp_path, module):
+    d = tmp_path / "shim"
+    (d / module).mkdir(parents=True)
+    (d / module / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
+    return d
+
+
+@pytest.mark.parametrize("module,flag", [("matplotlib", "--no-plots"), ("tqdm", "--no-progress")])
+def test_a_missing_optional_dependency_is_reported_before_any_work(tmp_path, module, flag):
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(_shim(tmp_path, module)), env["PYTHONPATH"]])
+    args = [a for a in TINY if a != "--no-progress"] + ["--out", str(tmp_path / "run")]
+    p = subprocess.run([sys.executable, "-m", "examples.al_loop", *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert module in p.stderr and flag in p.stderr and "oreal[examples]" in p.stderr
+    assert not (tmp_path / "run" / "state").exists()
+
+
+def test_picked_superpixels_have_exactly_the_legend_colour():
+    from examples.plots import _edges, class_palette, picks_panel
+
+    rng = np.random.default_rng(0)
+    sp = np.repeat(np.repeat(np.arange(12).reshape(3, 4), 6, 0), 5, 1)  # 3 x 4 blocks of 6 x 5 pixels
+    image = rng.integers(0, 256, (18, 20, 3), dtype=np.uint8)
+    dominant = np.array([0, 1, 2, -1, 4, 5, 6, 7, 8, 9, 10, 3])
+    pal = class_palette(11, D.CAMVID_PALETTE)
+    vis = picks_panel(image, sp, [1, 3, 5, 11], dominant, pal)
+    inner = ~_edges(sp)
+    for s in (1, 5, 11):
+        assert (vis[(sp == s) & inner] == pal[dominant[s]]).all()
+    assert (vis[(sp == 3) & inner] == 0).all()  # a click without a label: black
+    assert (vis[(sp == 1) & ~inner] == 255).all()  # white outline
+    # not picked: dark grey, never a class colour
+    rest = vis[np.isin(sp, [0, 2, 4, 6, 7, 8, 9, 10])]
+    assert rest.max() <= 77 and (rest.max(-1) == rest.min(-1)).all()
+
+
+def test_class_colours_are_the_datasets_and_far_apart():
+    from examples.plots import class_palette
+
+    assert class_palette(11, D.CAMVID_PALETTE)[3].tolist() == [128, 64, 128]  # CamVid's road
+    for C, pal in ((11, D.CAMVID_PALETTE), (6, D.SYNTHETIC_PALETTE), (11, None), (20, None)):
+        p = class_palette(C, pal)
+        d = np.sqrt(((p[:, None] - p[None]) ** 2).sum(-1)) + 1e9 * np.eye(C)
+        assert d.min() > 45, (C, pal is None, d.min())  # tab20's pairs are ~35 apart
+        # every class colour stands out from the dark grey background of picks.png
+        grey = np.arange(78)[:, None].repeat(3, 1)
+        assert np.sqrt(((p[:, None] - grey[None]) ** 2).sum(-1)).min() > 45
+    with pytest.raises(ValueError, match="palette of 3"):
+        class_palette(3, [(0, 0, 0)])
+
+
+def _fake_results(seeds=(0,), full=0.5):
+    runs, summ = {}, {}
+    for spec in ("random", "entropy:max", "oreal:max", "oreal:mean"):
+        for s in seeds:
+            runs[f"{spec}-{s}"] = {"strategy": spec, "seed": s, "history": [
+                {"round": r, "clicks": 10 * (r + 1), "test_miou": 0.2 + 0.1 * r} for r in range(3)]}
+    res = {"runs": runs, "seeds": list(seeds), "dataset": "toy", "config": {"data": "toy"}, "full_miou": full}
+    from examples.al_loop import summarise
+
+    summarise(res)
+    return res
+
+
+def test_al_curves_legend_beside_the_points_colours_fixed_per_strategy(tmp_path):
+    import oreal.strategies
+    from examples.plots import curves_figure, curves_title, plot_curves, strategy_color
+
+    res = _fake_results()
+    fig = curves_figure(res)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    leg, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert leg.x0 >= box.x1  # the legend is outside the axes: no point under it
+    lines = {l.get_label().split(" ")[0]: l.get_color() for l in ax.get_lines()}
+    assert lines["oreal:max"] == lines["oreal:mean"] == strategy_color("oreal:max")
+    # the same colour whichever other strategies are plotted
+    res2 = _fake_results()
+    del res2["summary"]["random"], res2["summary"]["entropy:max"]
+    lines2 = {l.get_label().split(" ")[0]: l.get_color() for l in curves_figure(res2).axes[0].get_lines()}
+    assert lines2["oreal:max"] == lines["oreal:max"]
+    names = sorted(oreal.strategies.available())
+    assert len({strategy_color(n) for n in names}) == len(names)
+    assert "±" not in curves_title(res) and "seed(s)" not in curves_title(res)
+    assert curves_title(_fake_results(seeds=(0, 1))).endswith("mean ± std over 2 seeds")
+    plot_curves(res, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_reference_below_an_al_round_is_a_warning():
+    from examples.al_loop import format_table
+
+    with pytest.warns(UserWarning, match="full-supervision reference"):
+        res = _fake_results(full=0.25)  # rounds reach 0.4
+    assert res["summary"]["random"]["aualc_mean"] > 1.0
+    assert len(res["warnings"]) == 1 and "WARNING" in format_table(res) and "undertrained" in format_table(res)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _fake_results(full=0.6)["warnings"] == []
+
+
+def test_build_outputs_are_ignored_by_git():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    p = subprocess.run(["git", "check-ignore", "build/lib/x.py", "oreal.egg-info/PKG-INFO", "dist/x.whl"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0 and len(p.stdout.split()) == 3
+
+
+def test_quickstart_explains_its_picks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", REPO / "examples" / "quickstart.py")
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    probs, sp_map, S, counts, labeled = q.make_pool()
+    debt, sel, rows = q.explain(probs, sp_map, S, counts, labeled, 8)
+    assert len({round(r["score"], 4) for r in rows}) > 1, "the example must show scores that differ"
+    p64 = probs.double()
+    for r in rows:  # each score, recomputed literally: max over the superpixel's pixels of h(p_c) in float64
+        p = p64[r["image"], r["cls"]][sp_map[r["image"]] == r["superpixel"]]
+        h = -(p * p.log() + (1 - p) * (1 - p).log())
+        assert abs(h.max().item() - r["score"]) < 1e-5
+        assert abs(r["p"] - p[h.argmax()].item()) < 1e-5
+        assert r["runner_up"] <= r["score"] + 1e-6
+    assert sorted(r["cls"] for r in rows) == sorted(c for c, d in enumerate(debt.tolist()) for _ in range(d))

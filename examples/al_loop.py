@@ -665,7 +665,8 @@ def build_parser():
     g.add_argument("--model", choices=MODELS, default="small")
     g.add_argument("--width", type=_pos, default=16, help="channel width of the 'small' model")
     g.add_argument("--pretrained", action="store_true",
-                   help="ImageNet backbone for torchvision models (downloads weights; off by default)")
+                   help="ImageNet backbone: torchvision models download it; lite0_fpn / lite0_fpn_frozen read it "
+                        "offline from the `pretrained` extra (off by default)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--batch-size", type=_pos, default=4)
     g.add_argument("--max-epochs", type=_pos, default=10,

@@ -5,8 +5,15 @@ default: nothing is downloaded unless the caller asks for pretrained weights.
 - ``small``: a CPU-friendly U-Net-like encoder-decoder (~0.1 M parameters), dropout before the classifier
   (so MC-dropout strategies work);
 - ``deeplabv3_resnet50`` / ``deeplabv3_resnet101``: torchvision's DeepLabV3 (the OREAL paper's model);
-- ``lraspp_mobilenet_v3_large``: torchvision's LR-ASPP MobileNetV3-Large;
-- ``vit``: a small ViT segmenter (patch embedding + transformer encoder + upsampling head).
+- ``lraspp_mobilenet_v3_large``: torchvision's LR-ASPP MobileNetV3-Large, with dropout added before both
+  of its classifiers (torchvision's has none, so MC-dropout samples would all be equal);
+- ``vit``: a small ViT segmenter (patch embedding + transformer encoder + upsampling head);
+- ``lite0_fpn``: an FPN-style head on an EfficientNet-Lite0 encoder (``examples/efficientnet.py``), ImageNet
+  encoder weights with ``weights_backbone="imagenet"`` (offline, from the ``pretrained`` extra);
+- ``lite0_fpn_frozen``: the same with the pretrained encoder frozen; its features are computed once per
+  distinct input image and cached in memory, so training costs only the head.
+
+Every model has dropout before its last layer, so ``examples.train.predict_mc`` gets real MC samples.
 """
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODELS = ("small", "deeplabv3_resnet50", "deeplabv3_resnet101", "lraspp_mobilenet_v3_large", "vit")
+MODELS = ("small", "deeplabv3_resnet50", "deeplabv3_resnet101", "lraspp_mobilenet_v3_large", "vit", "lite0_fpn",
+          "lite0_fpn_frozen")
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -104,7 +112,8 @@ class ViTSegmenter(nn.Module):
 def build_model(name, num_classes, *, weights=None, weights_backbone=None, **kwargs):
     """Build a model by name (see ``MODELS``). ``weights`` / ``weights_backbone`` go to torchvision for the
     torchvision models (``None`` = random init, nothing downloaded); the small models have no pretrained
-    weights and refuse them."""
+    weights and refuse them. The lite0 models take ``weights_backbone="imagenet"`` (or ``"DEFAULT"``, what the
+    loop's ``--pretrained`` passes): the ImageNet encoder of the ``pretrained`` extra, read offline."""
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if name == "small":
@@ -115,6 +124,11 @@ def build_model(name, num_classes, *, weights=None, weights_backbone=None, **kwa
         if weights is not None or weights_backbone is not None:
             raise ValueError("the 'vit' model has no pretrained weights; leave weights=None")
         return _Normalize(ViTSegmenter(num_classes, **kwargs))
+    if name in ("lite0_fpn", "lite0_fpn_frozen"):
+        from .lite0_seg import build_lite0_fpn
+
+        return _Normalize(build_lite0_fpn(num_classes, weights=weights, weights_backbone=weights_backbone,
+                                          freeze=name == "lite0_fpn_frozen", **kwargs))
     from torchvision.models import segmentation as seg
 
     if name in ("deeplabv3_resnet50", "deeplabv3_resnet101", "lraspp_mobilenet_v3_large"):
@@ -125,6 +139,10 @@ def build_model(name, num_classes, *, weights=None, weights_backbone=None, **kwa
             _replace_head(net, name, num_classes)
         else:
             net = fn(weights=None, weights_backbone=weights_backbone, num_classes=num_classes, **kwargs)
+        if name.startswith("lraspp"):
+            head = net.classifier
+            head.low_classifier = nn.Sequential(nn.Dropout2d(0.1), head.low_classifier)
+            head.high_classifier = nn.Sequential(nn.Dropout2d(0.1), head.high_classifier)
         return _Normalize(net, dict_output=True)
     raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
 

@@ -59,6 +59,9 @@ def report(results):
         lines.append("")
     cm = class_makeup(results)
     classes = results.get("classes") or [str(i) for i in range(len(next(iter(cm.values()))))]
+    from .stats import stats_markdown
+
+    lines += [stats_markdown(results), ""]
     lines += ["Labeled superpixels per class after the last round (mean over seeds; dominant labels):", "",
               "| strategy | " + " | ".join(classes) + " | smallest / largest |",
               "|---|" + "---|" * (len(classes) + 1)]

@@ -48,11 +48,18 @@ def predict_logits(model, images, batch=16):
 @torch.no_grad()
 def predict_mc(model, images, samples, batch=16, generator_seed=0):
     """MC-dropout probabilities ``(N, K, C, H, W)``: dropout layers on, everything else in eval mode.
-    Seeded (``torch.manual_seed`` inside a fork of the global RNG) so repeated calls agree."""
+    Seeded (``torch.manual_seed`` inside a fork of the global RNG) so repeated calls agree.
+
+    Raises ``ValueError`` when ``model`` has no dropout layer with ``p > 0`` (its K "samples" would all be
+    equal and BALD/BalEnt would silently degenerate)."""
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+    if not drops:
+        raise ValueError(f"MC dropout needs a dropout layer with p > 0 in the model, but "
+                         f"{type(model).__name__} has none: its {samples} samples would be identical. Add "
+                         f"dropout before the last layer or use a strategy without MC samples")
     model.eval()
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Dropout, torch.nn.Dropout2d)):
-            m.train()
+    for m in drops:
+        m.train()
     out = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)

@@ -1,0 +1,118 @@
+"""The CamVid study of the OREAL protocol with a pretrained model, in one command (resumable):
+
+    python -m examples.study --out runs/study
+
+runs ``python -m examples.al_loop`` with the study's configuration, then writes ``OUT/report.md``
+(``examples.report`` with the statistics of ``examples.stats``) and prints it. Configuration:
+
+- CamVid as shipped (180x240), the whole train split (367 images) as the pool, val (101) for early stopping,
+  test (233) for mIoU;
+- SEEDS superpixels at the paper's scale: an average superpixel of about 32x32 pixels, i.e.
+  ``round(H * W / 1024)`` = 42 per image requested at 180x240;
+- budget per round: 1 % of the pool's superpixels (**ours**, see docs/pretrained.md); round 0 random +
+  ``--rounds`` (5) rounds;
+- random, entropy, bvsb, revisiting_sp, pixelbal, cbal, oreal, each with max and mean aggregation (random
+  has none: 13 runs per seed); seeds 0-4;
+- model ``lite0_fpn_frozen``: the ImageNet EfficientNet-Lite0 encoder, frozen (features cached once per
+  image), FPN-style head trained from scratch each run; Adam lr 1e-3, batch 4, Polyak averaging, up to
+  ``--max-epochs`` epochs per round with patience ``--patience``.
+
+``--seeds``, ``--strategies``, ``--rounds`` narrow the run (the same output folder can be completed later: the
+loop resumes). ``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few
+minutes on one core); the tests use it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+STRATEGIES = ("random,entropy:max,entropy:mean,bvsb:max,bvsb:mean,revisiting_sp:max,revisiting_sp:mean,"
+              "pixelbal:max,pixelbal:mean,cbal:max,cbal:mean,oreal:max,oreal:mean")
+SP_AREA = 32 * 32          # average superpixel area of the paper (pixels)
+BUDGET_FRACTION = 0.01     # superpixels labeled per round, as a fraction of the pool's superpixels
+
+
+def loop_args(a):
+    """The ``examples.al_loop`` command line of the study (``a``: this script's parsed arguments)."""
+    if a.reduced:
+        size, data = (48, 64), ["--data", "synthetic", "--limits", "12,6,6"]
+    else:
+        size, data = (180, 240), ["--data", "camvid"] + (["--root", a.root] if a.root else [])
+        if a.limits:
+            data += ["--limits", a.limits]
+    sp = max(1, round(size[0] * size[1] / SP_AREA)) if not a.reduced else 12
+    args = data + ["--size", f"{size[0]}x{size[1]}", "--sp-count", str(sp), "--model", "lite0_fpn_frozen",
+                   "--pretrained", "--rounds", str(a.rounds), "--seeds", a.seeds, "--strategies", a.strategies,
+                   "--lr", "1e-3", "--max-epochs", str(a.max_epochs), "--patience", str(a.patience),
+                   "--mc-samples", "4", "--threads", str(a.threads), "--out", a.out]
+    if a.cache_dir:
+        args += ["--cache-dir", a.cache_dir]
+    return args, size, sp
+
+
+def pool_budget(args, fraction=BUDGET_FRACTION):
+    """``(budget, candidates)``: ``fraction`` of the non-empty superpixels of the pool (at least 1)."""
+    import torch
+
+    import oreal
+
+    from .al_loop import build_parser, config_from_args, load_data
+    from .superpixels import compute_superpixels
+
+    a = build_parser().parse_args(args)
+    cfg = config_from_args(a)
+    ds = load_data(cfg)
+    sp, S = compute_superpixels(ds.train.images, method=cfg.sp_method, num_superpixels=cfg.sp_count,
+                                cache_dir=a.cache_dir)
+    n = int((oreal.superpixel_counts(torch.from_numpy(sp), S) > 0).sum())
+    return max(1, round(fraction * n)), n
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m examples.study", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/study")
+    p.add_argument("--root", help="CamVid folder (default ../shared/data/CamVid or $OREAL_CAMVID)")
+    p.add_argument("--seeds", default="0,1,2,3,4")
+    p.add_argument("--strategies", default=STRATEGIES)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=10)
+    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limits", help="TRAIN,VAL,TEST image counts (0 = all; default all): smaller, timed runs "
+                                    "to estimate the full study's wall time")
+    p.add_argument("--cache-dir", help="superpixel cache (default $OREAL_CACHE or ~/.cache/oreal)")
+    p.add_argument("--reduced", action="store_true", help="the same path on synthetic scenes at test size")
+    a = p.parse_args(argv)
+    if a.reduced:
+        a.seeds = "0,1" if a.seeds == "0,1,2,3,4" else a.seeds
+        a.strategies = "random,entropy:max,oreal:max,oreal:mean" if a.strategies == STRATEGIES else a.strategies
+        a.rounds, a.max_epochs, a.patience = min(a.rounds, 2), min(a.max_epochs, 2), min(a.patience, 1)
+    args, size, sp = loop_args(a)
+    try:
+        budget, n = pool_budget(args)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"study: {size[0]}x{size[1]}, {sp} superpixels per image requested, {n} in the pool, budget {budget} "
+          f"per round ({100 * BUDGET_FRACTION:g} %), round 0 + {a.rounds} rounds", flush=True)
+    from . import al_loop
+    from .report import report
+
+    t0 = time.time()
+    rc = al_loop.main(args + ["--budget", str(budget), "--no-plots"] + (["--no-progress"] if a.reduced else []))
+    if rc:
+        return rc
+    out = Path(a.out)
+    results = json.loads((out / "results.json").read_text())
+    text = report(results) + f"\n\nWall time of this invocation: {time.time() - t0:.0f} s\n"
+    (out / "report.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -87,10 +87,16 @@ def at_clicks(results, other):
     return rows
 
 
+def _unit(results):
+    return "pixels" if results.get("unit") == "pixel" else "superpixels"
+
+
+def _labels(results):
+    return "classes present (weak labels)" if results.get("labels") == "weak" else "dominant labels"
+
+
 def _scheme(results):
-    unit = "pixels" if results.get("unit") == "pixel" else "superpixels"
-    labels = "classes present (weak labels)" if results.get("labels") == "weak" else "dominant labels"
-    return f"{unit}, {labels}"
+    return f"{_unit(results)}, {_labels(results)}"
 
 
 def class_makeup(results):
@@ -125,7 +131,7 @@ def report(results, other=None):
         for name, cells in at_clicks(results, other):
             lines.append(f"- {name}: " + ", ".join(f"{c:g} clicks {_pct(a)} / {_pct(b)}" for c, a, b in cells))
         lines.append("")
-    lines += [f"Labeled units per class after the last round (mean over seeds; {_scheme(results)}):", "",
+    lines += [f"Labeled {_unit(results)} per class after the last round (mean over seeds; {_labels(results)}):", "",
               "| strategy | " + " | ".join(classes) + " | smallest / largest |",
               "|---|" + "---|" * (len(classes) + 1)]
     for k in sorted(cm, key=lambda k: -cm[k].min() / max(cm[k].max(), 1)):

@@ -2,14 +2,15 @@
 ImageNet weights) on a small fully labeled CamVid case: seconds per epoch and validation mIoU after each
 epoch, the two models trained back to back in one process (paired: same data, seed and schedule).
 
-    python benchmarks/bench_finetune.py --train 40 --val 20 --epochs 3 --threads 2
+    OREAL_FEATURE_DISK_CACHE=0 python benchmarks/bench_finetune.py --train 40 --val 20 --epochs 3 --threads 1
 
 Full supervision of the frozen model (whole train split, val for early stopping, all test images):
 
-    python benchmarks/bench_finetune.py --models lite0_fpn_frozen --train 0 --val 0 --test -1 --epochs 12 --patience 3
+    python benchmarks/bench_finetune.py --models lite0_fpn_frozen --train 0 --val 0 --test -1 --epochs 20 --patience 5
 
-The frozen model's first epoch includes filling the feature cache (every pool image and flip, every val image
-through the encoder once); it is printed separately. Needs the ``pretrained`` and ``examples`` extras and the
+The feature cache is filled before training (every pool image and its flip, every val image through the
+encoder once) and timed separately; ``OREAL_FEATURE_DISK_CACHE=0`` makes that fill run the encoder rather
+than read features an earlier run left on disk. Needs the ``pretrained`` and ``examples`` extras and the
 CamVid copy (``--root``, default ``../shared/data/CamVid``).
 """
 from __future__ import annotations

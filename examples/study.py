@@ -93,12 +93,13 @@ def main(argv=None):
         a.rounds, a.max_epochs, a.patience = min(a.rounds, 2), min(a.max_epochs, 2), min(a.patience, 1)
     args, size, sp = loop_args(a)
     try:
-        budget, n = pool_budget(args)
+        frac = 0.05 if a.reduced else BUDGET_FRACTION  # the reduced pool has ~150 superpixels
+        budget, n = pool_budget(args, frac)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"study: {size[0]}x{size[1]}, {sp} superpixels per image requested, {n} in the pool, budget {budget} "
-          f"per round ({100 * BUDGET_FRACTION:g} %), round 0 + {a.rounds} rounds", flush=True)
+          f"per round ({100 * frac:g} %), round 0 + {a.rounds} rounds", flush=True)
     from . import al_loop
     from .report import report
 

@@ -114,6 +114,14 @@ def check_scheme(cfg):
         raise ValueError(f"--weak-min-share must be in [0, 1], got {cfg.weak_min_share}")
     if not 0.0 <= cfg.semi_weight < float("inf"):
         raise ValueError(f"--semi-weight must be a finite number >= 0, got {cfg.semi_weight}")
+    unused = [f"--{k.replace('_', '-')}" for k, needs in (("weak_min_share", cfg.labels == "weak"),
+                                                        ("weak_stage2", cfg.labels == "weak"),
+                                                        ("semi_weight", cfg.semi != "none"))
+              if not needs and getattr(cfg, k) != SCHEME_DEFAULTS[k]]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} only appl{'ies' if len(unused) == 1 else 'y'} with "
+                         f"{'--labels weak' if 'semi' not in unused[0] else '--semi pseudo or plar'}; "
+                         f"remove {'it' if len(unused) == 1 else 'them'} or choose that scheme")
     if cfg.labels == "weak" and cfg.unit == "pixel":
         raise ValueError("--labels weak names the classes of a superpixel; a pixel has one class: use "
                          "--unit superpixel with --labels weak, or --labels dominant with --unit pixel")
@@ -811,9 +819,10 @@ def _scheme_tables(results, summ, clicks):
     lines = []
     if results.get("unit") == "pixel" and results.get("full_miou") is not None:
         lines.append(f"\nPool pixels labeled when the mean curve reaches 95 % of full supervision "
-                     f"(of {results['pool_pixels']} pool pixels; '-' = not reached, "
-                     f"{_pct(clicks[-1] / results['pool_pixels'])} % labeled at the end):")
-        lines += [f"- {s}: {_pct(e.get('pool_fraction_95'))} %" for s, e in summ.items()]
+                     f"(of {results['pool_pixels']} pool pixels; {_pct(clicks[-1] / results['pool_pixels'])} % "
+                     f"labeled at the end):")
+        lines += [f"- {s}: " + ("not reached" if e.get("pool_fraction_95") is None else
+                                f"{100 * e['pool_fraction_95']:.2f} %") for s, e in summ.items()]
     if any("stage2" in e for e in summ.values()):
         head = ["strategy"] + _round_heads(summ) + ["AuALC"]
         lines += ["\nWeak labels, stage 2 (prototype pseudo labels, retrained): test mIoU % (pseudo-label "

@@ -268,8 +268,10 @@ def test_pseudo_label_accuracy_against_a_plain_count(tmp_path):
     (dict(labels="weak", semi="plar"), "not available with --labels weak"),
     (dict(strategies=("balent_pixel",)), "pass --unit pixel"),
     (dict(unit="pixel", semi="plar", strategies=("balent_pixel",)), "undecided regions"),
-    (dict(weak_min_share=1.5), "--weak-min-share"),
-    (dict(semi_weight=-1.0), "--semi-weight"),
+    (dict(labels="weak", weak_min_share=1.5), "--weak-min-share"),
+    (dict(semi="pseudo", semi_weight=-1.0), "--semi-weight"),
+    (dict(weak_stage2="every"), "--weak-stage2 only applies with --labels weak"),
+    (dict(semi_weight=1.0), "--semi-weight only applies with --semi pseudo or plar"),
 ])
 def test_incompatible_schemes_are_clear_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -191,7 +191,7 @@ def test_pixel_target_adds_weighted_pseudo_labels_on_unlabeled_pixels_only():
                     lab.append(-float(logp[n, labels[n, h, w], h, w]))
                 elif pseudo[n, h, w] != 255:
                     pse.append(-float(logp[n, pseudo[n, h, w], h, w]))
-    assert float(got) == pytest.approx(np.mean(lab) + 0.25 * np.mean(pse), abs=1e-12)
+    assert float(got.detach()) == pytest.approx(np.mean(lab) + 0.25 * np.mean(pse), abs=1e-12)
     assert PixelTarget(torch.full_like(labels, 255)).loss(model, x, torch.tensor([0]), None) is None
 
 

@@ -1040,7 +1040,7 @@ def main(argv=None):
             (out / "config.json").unlink(missing_ok=True)
         exp = Experiment(cfg, out, progress=not a.no_progress, cache_dir=a.cache_dir)
         results = exp.run()
-    except (StateError, data_mod.DataError, ValueError) as e:
+    except (StateError, data_mod.DataError, ValueError, ImportError) as e:  # ImportError: a missing extra
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # unwritable --out, full disk, ...

@@ -7,7 +7,7 @@ features and a 1x1 fusion; ``Dropout2d`` (0.1, so MC dropout gives real samples)
 upsampling to the input size. The model takes ImageNet-normalised images (``models._Normalize`` does it).
 
 ``freeze=True`` keeps the pretrained encoder in eval mode without gradients and caches its features per
-distinct input image (keyed by a BLAKE2 hash of the image's bytes, shape and dtype) in a process-wide cache,
+distinct input image (keyed by a BLAKE2 hash of the image's bytes, shape and dtype, and of the weights file) in a process-wide cache,
 so the images of a pool, their flips and the val/test images go through the encoder once per process, whatever
 the model instance (the AL loop builds a new model per round); entries are also written to
 ``$OREAL_CACHE/features/`` (``~/.cache/oreal`` by default, next to the superpixel cache) so later processes
@@ -18,6 +18,7 @@ met an image. The frozen encoder is not part of ``state_dict()``: saved states h
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -31,12 +32,14 @@ from .efficientnet import CHANNELS, efficientnet_lite0
 FEATURE_CACHE_BYTES = 2 ** 31  # features kept per process; beyond that they are computed on the fly
 _CACHE: dict = {}
 _CACHE_USED = [0]
+_KEYS = itertools.count()
+_IMAGENET_KEY = "lite0-imagenet"
 
 
 def _disk_path(k):
     """File of a cached entry under ``$OREAL_CACHE/features`` (set ``OREAL_FEATURE_DISK_CACHE=0`` to disable);
     the torch version is part of the path (another build may compute other bits)."""
-    if os.environ.get("OREAL_FEATURE_DISK_CACHE", "1") == "0" or k[3] != "cpu":
+    if os.environ.get("OREAL_FEATURE_DISK_CACHE", "1") == "0" or not k[0].startswith(_IMAGENET_KEY) or k[3] != "cpu":
         return None
     from .superpixels import default_cache_dir
 
@@ -125,7 +128,9 @@ class Lite0FPN(nn.Module):
     def __init__(self, num_classes, encoder, *, freeze=False, dim=64, dropout=0.1):
         super().__init__()
         if freeze:
-            self._frozen = encoder if isinstance(encoder, _FrozenEncoder) else _FrozenEncoder(encoder, id(encoder))
+            # an encoder passed in directly gets a key of its own (never reused in this process, never on disk)
+            self._frozen = (encoder if isinstance(encoder, _FrozenEncoder)
+                            else _FrozenEncoder(encoder, f"encoder-{next(_KEYS)}"))
         else:
             self.encoder = encoder
         c4, c8, c16, c32 = CHANNELS[1:]
@@ -167,7 +172,13 @@ def build_lite0_fpn(num_classes, *, weights=None, weights_backbone=None, freeze=
                          "(the loop's --pretrained)")
     if freeze:
         if _SHARED.get("frozen") is None:  # one frozen ImageNet encoder per process, shared by all models
-            _SHARED["frozen"] = _FrozenEncoder(efficientnet_lite0(pretrained=True, with_head=False), "lite0-imagenet")
+            from .efficientnet import weights_path
+
+            with open(weights_path(), "rb") as f:  # the weights' digest keys the disk cache
+                digest = hashlib.file_digest(f, "blake2b").hexdigest()[:16] if hasattr(hashlib, "file_digest") \
+                    else hashlib.blake2b(f.read()).hexdigest()[:16]
+            _SHARED["frozen"] = _FrozenEncoder(efficientnet_lite0(pretrained=True, with_head=False),
+                                               f"{_IMAGENET_KEY}-{digest}")
         encoder = _SHARED["frozen"]
     else:
         encoder = efficientnet_lite0(pretrained=pretrained, with_head=False)

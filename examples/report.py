@@ -4,9 +4,9 @@ comparison (same seed = same round 0) and the class make-up of the final labeled
     python -m examples.report runs/camvid/results.json
     python -m examples.report runs/camvid_weak/results.json --compare runs/camvid/results.json
 
-``--compare OTHER`` adds the other run's test mIoU at this run's clicks (linear interpolation between its
-rounds; '-' outside its range): the superpixel dominant-label run beside a ``--unit pixel`` or ``--labels weak``
-run at equal clicks.
+``--compare OTHER`` (repeatable) adds the other run's test mIoU at this run's clicks (linear interpolation
+between its rounds; '-' outside its range): the superpixel dominant-label run beside a ``--unit pixel`` or
+``--labels weak`` run at equal clicks, or the ``--semi`` runs beside each other.
 """
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ def _labels(results):
 
 
 def _scheme(results):
-    return f"{_unit(results)}, {_labels(results)}"
+    semi = results.get("semi", "none")
+    return f"{_unit(results)}, {_labels(results)}" + ("" if semi == "none" else f", --semi {semi}")
 
 
 def class_makeup(results):
@@ -107,7 +108,9 @@ def class_makeup(results):
     return {k: np.mean(v, 0) for k, v in out.items()}
 
 
-def report(results, other=None):
+def report(results, *others):
+    """The markdown report of ``results``; each of ``others`` (another run's results) adds its test mIoU at
+    this run's clicks (:func:`at_clicks`)."""
     lines = [_table(results), ""]
     mm = max_vs_mean(results)
     if mm:
@@ -125,7 +128,7 @@ def report(results, other=None):
     wt = weak_table(results)
     if wt:
         lines += [wt, ""]
-    if other is not None:
+    for other in others:
         lines += [f"Test mIoU % at equal clicks: this run ({_scheme(results)}) / the compared run "
                   f"({_scheme(other)}) interpolated at the same clicks:", ""]
         for name, cells in at_clicks(results, other):
@@ -143,10 +146,11 @@ def report(results, other=None):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m examples.report", description=__doc__.splitlines()[0])
     p.add_argument("results", help="results.json written by python -m examples.al_loop")
-    p.add_argument("--compare", help="another results.json: its mIoU at this run's clicks")
+    p.add_argument("--compare", action="append", default=[],
+                   help="another results.json: its mIoU at this run's clicks (repeatable)")
     a = p.parse_args(argv)
     loaded = []
-    for path in [Path(a.results)] + ([Path(a.compare)] if a.compare else []):
+    for path in [Path(p) for p in [a.results, *a.compare]]:
         try:
             results = json.loads(path.read_text())
             results["summary"]
@@ -154,7 +158,7 @@ def main(argv=None):
             print(f"error: cannot read a results file from {path}: {e}", file=sys.stderr)
             return 2
         loaded.append(results)
-    print(report(loaded[0], loaded[1] if a.compare else None))
+    print(report(*loaded))
     return 0
 
 

@@ -289,15 +289,26 @@ def test_default_schemes_leave_the_fingerprint_as_before():
     assert LoopConfig(unit="pixel").fingerprint()["unit"] == "pixel"
 
 
-def test_report_compares_at_equal_clicks():
-    from examples.report import at_clicks
+def test_report_compares_at_equal_clicks(tmp_path, capsys):
+    from examples.report import at_clicks, main
 
     def res(clicks, miou):
         r = {"runs": {"a": {"strategy": "random", "seed": 0, "history": [
-            {"round": i, "clicks": c, "test_miou": m} for i, (c, m) in enumerate(zip(clicks, miou))]}},
+            {"round": i, "clicks": c, "test_miou": m, "class_counts": [1, 2]}
+            for i, (c, m) in enumerate(zip(clicks, miou))]}},
             "seeds": [0]}
         summarise(r)
         return r
 
     rows = at_clicks(res([10, 20, 40], [0.1, 0.2, 0.3]), res([0, 20, 30], [0.0, 0.4, 0.6]))
     assert rows == [("random", [(10, 0.1, pytest.approx(0.2)), (20, 0.2, pytest.approx(0.4)), (40, 0.3, None)])]
+    paths = []
+    for i, r in enumerate([res([10, 20, 40], [0.1, 0.2, 0.3]), res([0, 20, 30], [0.0, 0.4, 0.6]),
+                           dict(res([10, 40], [0.5, 0.8]), semi="plar")]):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert main([str(paths[0]), "--compare", str(paths[1]), "--compare", str(paths[2])]) == 0
+    out = capsys.readouterr().out
+    assert "- random: 10 clicks 10.0 / 20.0, 20 clicks 20.0 / 40.0, 40 clicks 30.0 / -" in out
+    assert "- random: 10 clicks 10.0 / 50.0, 20 clicks 20.0 / 60.0, 40 clicks 30.0 / 80.0" in out
+    assert "(superpixels, dominant labels, --semi plar)" in out

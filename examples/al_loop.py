@@ -3,6 +3,8 @@
 Run ``python -m examples.al_loop --help``. Per seed: a random initial labeled set (shared by all strategies
 of that seed) trained from scratch = round 0; then, per strategy, ``--rounds`` rounds of
 predict -> ``oreal.strategies.query`` -> dominant-label oracle -> warm-started training -> test mIoU.
+``--unit pixel``, ``--labels weak`` and ``--semi pseudo|plar`` change the unit, the annotator's answer and the
+training targets (``docs/examples.md``, "Label schemes").
 Everything is saved atomically after every round (the full-supervision reference: after every epoch) under
 ``OUT/state``; running the same command again resumes where it stopped and ends with the same labeled sets as
 an uninterrupted run.
@@ -25,12 +27,14 @@ import numpy as np
 import torch
 
 import oreal
+import oreal.semi
+import oreal.weak
 
 from . import data as data_mod
-from .models import MODELS, build_model
+from .models import MODELS, build_model, features
 from .oracle import Oracle, partial_labels
 from .superpixels import METHODS, compute_superpixels
-from .train import TrainConfig, evaluate, predict_logits, predict_mc, to_tensor_images, train
+from .train import PixelTarget, TrainConfig, WeakTarget, evaluate, predict_logits, predict_mc, to_tensor_images, train
 
 STATE_VERSION = 2  # 2: states name their run (kind, strategy, aggregation, seed); the threads are configuration
 MC_STRATEGIES = {"bald", "balent", "balent_pixel"}
@@ -64,15 +68,29 @@ class LoopConfig:
     full_supervision: bool = True
     train: dict = field(default_factory=lambda: asdict(TrainConfig()))
     threads: int = 2                        # torch CPU threads: the float sums, hence the picks, depend on it
+    unit: str = "superpixel"                # superpixel | pixel (each pixel its own unit, one click each)
+    labels: str = "dominant"                # dominant | weak (every class present, one click per class)
+    weak_min_share: float = 0.0             # weak oracle: least share of a superpixel's pixels a class needs
+    weak_stage2: str = "last"               # weak labels: stage 2 (prototype pseudo labels) after: last | every round
+    semi: str = "none"                      # none | pseudo | plar: pseudo-labeled pool pixels in training
+    semi_weight: float = 0.5                # weight of the pseudo-labeled pixels' cross-entropy
 
     def fingerprint(self):
         """Everything that changes the result of a run, the thread count included (not: output dir,
         progress bar, plots). The list of strategies and seeds is left out: each (strategy, seed) run is
         independent, so more strategies or seeds can be added to an output folder later, or a subset
-        reported."""
+        reported. The label schemes' settings appear only when they differ from their defaults, so output
+        folders written before those settings existed still resume."""
         d = json.loads(json.dumps(asdict(self)))
         del d["strategies"], d["seeds"]
+        for k, v in SCHEME_DEFAULTS.items():
+            if d[k] == v:
+                del d[k]
         return d
+
+
+SCHEME_DEFAULTS = {"unit": "superpixel", "labels": "dominant", "weak_min_share": 0.0, "weak_stage2": "last",
+                   "semi": "none", "semi_weight": 0.5}
 
 
 def parse_strategy(spec):
@@ -84,9 +102,44 @@ def parse_strategy(spec):
         raise ValueError(f"aggregation must be 'max' or 'mean', got {agg!r} in {spec!r}")
     if name in NO_AGGREGATION and agg:
         raise ValueError(f"strategy {name!r} has no aggregation; write just '{name}'")
-    if name in PIXEL_STRATEGIES:
-        raise ValueError(f"strategy {name!r} selects single pixels; this loop annotates superpixels only")
     return name, (agg or None)
+
+
+def check_scheme(cfg):
+    """The unit / label / semi-supervision settings fit together and with the strategies."""
+    for key, allowed in (("unit", ("superpixel", "pixel")), ("labels", ("dominant", "weak")),
+                         ("weak_stage2", ("last", "every")), ("semi", ("none", "pseudo", "plar"))):
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got "
+                             f"{getattr(cfg, key)!r}")
+    if not 0.0 <= cfg.weak_min_share <= 1.0:
+        raise ValueError(f"--weak-min-share must be in [0, 1], got {cfg.weak_min_share}")
+    if not 0.0 <= cfg.semi_weight < float("inf"):
+        raise ValueError(f"--semi-weight must be a finite number >= 0, got {cfg.semi_weight}")
+    unused = [f"--{k.replace('_', '-')}" for k, needs in (("weak_min_share", cfg.labels == "weak"),
+                                                        ("weak_stage2", cfg.labels == "weak"),
+                                                        ("semi_weight", cfg.semi != "none"))
+              if not needs and getattr(cfg, k) != SCHEME_DEFAULTS[k]]
+    if unused:
+        raise ValueError(f"{', '.join(unused)} only appl{'ies' if len(unused) == 1 else 'y'} with "
+                         f"{'--labels weak' if 'semi' not in unused[0] else '--semi pseudo or plar'}; "
+                         f"remove {'it' if len(unused) == 1 else 'them'} or choose that scheme")
+    if cfg.labels == "weak" and cfg.unit == "pixel":
+        raise ValueError("--labels weak names the classes of a superpixel; a pixel has one class: use "
+                         "--unit superpixel with --labels weak, or --labels dominant with --unit pixel")
+    if cfg.labels == "weak" and cfg.semi != "none":
+        raise ValueError("--semi needs pixel labels for its class prototypes; it is not available with "
+                         "--labels weak")
+    if cfg.unit == "superpixel":
+        for spec in cfg.strategies:
+            name, _ = parse_strategy(spec)
+            if name in PIXEL_STRATEGIES:
+                raise ValueError(f"strategy {name!r} selects single pixels; pass --unit pixel to annotate pixels")
+    if cfg.semi == "plar":
+        for spec in cfg.strategies:
+            if parse_strategy(spec)[0] in PIXEL_STRATEGIES:
+                raise ValueError(f"--semi plar restricts superpixel strategies to undecided regions; "
+                                 f"{spec!r} is not one (use balent:max with --unit pixel)")
 
 
 def check_strategies(specs):
@@ -236,19 +289,30 @@ class Experiment:
         ds = load_data(cfg)
         self.dataset = ds
         self.C = ds.num_classes
-        sp, S = compute_superpixels(ds.train.images, method=cfg.sp_method, num_superpixels=cfg.sp_count,
-                                    cache_dir=cache_dir)
-        self.sp_map, self.S = torch.from_numpy(sp), S
-        self.budget = cfg.budget if cfg.budget is not None else 2 * S
+        check_scheme(cfg)
+        n, h, w = ds.train.labels.shape
+        if cfg.unit == "pixel":
+            # every pixel is its own superpixel: the identity map sp[n, h, w] = h * W + w, S = H * W, so every
+            # superpixel strategy (and the labeled sets, the oracle, the state files) works on pixels unchanged
+            S = h * w
+            sp = np.broadcast_to(np.arange(S, dtype=np.int64).reshape(1, h, w), (n, h, w))
+        else:
+            sp, S = compute_superpixels(ds.train.images, method=cfg.sp_method, num_superpixels=cfg.sp_count,
+                                        cache_dir=cache_dir)
+        self.sp_map, self.S = torch.from_numpy(np.ascontiguousarray(sp)), S
+        self.budget = cfg.budget if cfg.budget is not None else 2 * (cfg.sp_count if cfg.unit == "pixel" else S)
         self.pool = to_tensor_images(ds.train.images)
         self.pool_labels = torch.from_numpy(ds.train.labels)
         self.val = to_tensor_images(ds.val.images), torch.from_numpy(ds.val.labels)
         self.test = to_tensor_images(ds.test.images), torch.from_numpy(ds.test.labels)
-        self.oracle = Oracle(self.pool_labels, self.sp_map, S, self.C)
+        self.oracle = Oracle(self.pool_labels, self.sp_map, S, self.C, pixels=cfg.unit == "pixel")
+        #: Bool[N, S, C]: the weak oracle's answer for every superpixel (--labels weak)
+        self.weak = (oreal.weak.weak_labels(self.pool_labels, self.sp_map, S, self.C, min_share=cfg.weak_min_share)
+                     if cfg.labels == "weak" else None)
         n_cand = int((oreal.superpixel_counts(self.sp_map, S) > 0).sum())
         need = self.budget * (cfg.rounds + 1)
         if need > n_cand:
-            raise ValueError(f"budget {self.budget} x {cfg.rounds + 1} rounds = {need} superpixels, but the pool "
+            raise ValueError(f"budget {self.budget} x {cfg.rounds + 1} rounds = {need} {cfg.unit}s, but the pool "
                              f"has only {n_cand}; lower --budget or --rounds or use more images")
         self.state_dir = self.out / "state"
         # the saved labeled sets refer to superpixel ids of these exact images: a changed file on disk, another
@@ -266,11 +330,25 @@ class Experiment:
             wb = "DEFAULT" if self.cfg.pretrained and self.cfg.model not in ("small", "vit") else None
             return build_model(self.cfg.model, self.C, weights_backbone=wb, **kw)
 
-    def _train(self, model, labeled, sp_labels, train_seed):
-        y = partial_labels(self.sp_map, labeled, sp_labels)
+    def round_epochs(self, r):
+        """The most training epochs round ``r`` can take (stage 1, and stage 2 of weak labels where it runs)."""
+        stage2 = self.weak is not None and (self.cfg.weak_stage2 == "every" or r == self.cfg.rounds)
+        return self.tcfg.max_epochs * (1 + stage2)
+
+    def labels_of(self, st):
+        """LongTensor[N, H, W]: the pixel labels of a state (255 where unlabeled; dominant labels)."""
+        return partial_labels(self.sp_map, st["labeled"], st["sp_labels"])
+
+    def target(self, st, pseudo=None):
+        """What a state trains on: weak label sets (--labels weak) or pixel labels, plus pseudo labels."""
+        if self.weak is not None:
+            return WeakTarget(self.sp_map, self.weak & st["labeled"][..., None], self.S)
+        return PixelTarget(self.labels_of(st), pseudo, self.cfg.semi_weight)
+
+    def _train(self, model, target, train_seed):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(train_seed)  # dropout uses the global RNG
-            model, info = train(model, self.pool, y, *self.val, self.C, config=self.tcfg, seed=train_seed,
+            model, info = train(model, self.pool, target, *self.val, self.C, config=self.tcfg, seed=train_seed,
                                 on_epoch=self.bar.epoch_callback(self.tcfg.max_epochs))
         self.bar.trained(info["epochs"], self.tcfg.max_epochs)
         info["test_miou"] = evaluate(model, *self.test, self.C, self.tcfg.eval_batch)
@@ -290,18 +368,25 @@ class Experiment:
                 "rng": torch.Generator().manual_seed(_sub_seed("acq", seed)).get_state(), "history": [],
                 "picks": []}
 
+    def labeled_counts(self, st):
+        """OREAL's ``n_c``: labeled units per dominant class, or per class present (weak labels)."""
+        if self.weak is not None:
+            return oreal.weak.presence_counts(self.weak, st["labeled"])
+        return oreal.class_counts(st["sp_labels"][st["labeled"]], self.C)
+
     def _record(self, st, info, picks):
-        counts = oreal.class_counts(st["sp_labels"][st["labeled"]], self.C)
+        counts = self.labeled_counts(st)
         st["history"].append({"round": st["round"], "clicks": st["clicks"], "test_miou": info["test_miou"],
                               "val_miou": info["val_miou"], "epochs": info["epochs"],
-                              "class_counts": counts.tolist()})
+                              "class_counts": counts.tolist(),
+                              **{k: v for k, v in info.items() if k.startswith(("stage2_", "pseudo_"))}})
         st["picks"].append(picks)
 
     # -- round 0: random initial set, shared by the strategies of a seed
     def round0(self, seed):
         path = self.state_dir / f"init__seed{seed}.pt"
         if path.exists():
-            self.bar.skip(self.tcfg.max_epochs)
+            self.bar.skip(self.round_epochs(0))
             return load_state(path, self.fp, self.identity("init", seed))
         self.bar.begin(f"round 0 (random) seed {seed}")
         st = self._new_state("init", seed)
@@ -312,8 +397,9 @@ class Experiment:
         self._apply(st, sel)
         st["rng"] = gen.get_state()
         st["round"] = 0
-        model, info = self._train(self.new_model(seed), st["labeled"], st["sp_labels"], _sub_seed("train", seed, 0))
+        model, info = self._train(self.new_model(seed), self.target(st), _sub_seed("train", seed, 0))
         st["model"] = model.state_dict()
+        self._stage2(model, st, info, seed)
         self._record(st, info, [sel.image.tolist(), sel.superpixel.tolist()])
         save_state(path, st)
         return st
@@ -323,8 +409,11 @@ class Experiment:
         if st["labeled"][sel.image, sel.superpixel].any():
             raise RuntimeError("strategy returned an already labeled superpixel")
         st["labeled"][sel.image, sel.superpixel] = True
-        st["sp_labels"][sel.image, sel.superpixel] = ans
-        st["clicks"] += len(sel.image)
+        if self.weak is None:
+            st["sp_labels"][sel.image, sel.superpixel] = ans
+            st["clicks"] += len(sel.image)
+        else:  # the annotator names every class present: one click per class (no dominant label is given)
+            st["clicks"] += int(oreal.weak.clicks(self.weak[sel.image, sel.superpixel][None]))
 
     def full_config(self):
         """The full-supervision reference's schedule: see :func:`full_train_config`."""
@@ -365,22 +454,40 @@ class Experiment:
         ckpt_path.unlink(missing_ok=True)
         return st
 
+    def predict_features(self, model):
+        """``(logits (N, C, H, W), features (N, D, h, w))`` of the pool, in batches (:func:`models.features`)."""
+        out = [features(model, self.pool[i:i + self.tcfg.eval_batch])
+               for i in range(0, len(self.pool), self.tcfg.eval_batch)]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
     def strategy_round(self, st, name, agg, seed):
         r = st["round"] + 1
         model = self.new_model(seed)
         model.load_state_dict(st["model"])
-        logits = predict_logits(model, self.pool, self.tcfg.eval_batch)
+        feats = None
+        if self.cfg.semi != "none":
+            logits, feats = self.predict_features(model)
+        else:
+            logits = predict_logits(model, self.pool, self.tcfg.eval_batch)
+        probs = logits.softmax(1)
         kw = {}
         if _needs_mc(name):
             kw["mc_probs"] = predict_mc(model, self.pool, self.cfg.mc_samples, self.tcfg.eval_batch,
                                         _sub_seed("mc", seed, r))
         gen = torch.Generator()
         gen.set_state(st["rng"])
-        counts = oreal.class_counts(st["sp_labels"][st["labeled"]], self.C)
-        sel = oreal.strategies.query(name, sp_map=self.sp_map, num_superpixels=self.S, budget=self.budget,
-                                     probs=logits.softmax(1), logits=logits, images=self.pool,
-                                     labeled_counts=counts, exclude=st["labeled"].clone(), aggregation=agg,
-                                     generator=gen, **kw)
+        exclude = st["labeled"].clone()
+        if name in PIXEL_STRATEGIES:  # pixel strategies take the pixel grid's exclusion mask (N, H, W)
+            exclude = exclude.reshape(self.sp_map.shape)
+        args = dict(sp_map=self.sp_map, num_superpixels=self.S, budget=self.budget, probs=probs, logits=logits,
+                    images=self.pool, labeled_counts=self.labeled_counts(st), exclude=exclude, aggregation=agg,
+                    generator=gen, **kw)
+        if self.cfg.semi == "plar":  # PLAR: the annotator gets the regions the refinement cannot decide
+            refined = oreal.semi.refine(feats, probs, self.labels_of(st))
+            fraction = oreal.semi.undecided_fraction(refined.undecided, self.sp_map, self.S)
+            sel = oreal.semi.query_undecided(name, fraction=fraction, **args)
+        else:
+            sel = oreal.strategies.query(name, **args)
         if len(sel.image) != self.budget:
             raise RuntimeError(f"strategy {name!r} returned {len(sel.image)} picks, expected {self.budget}")
         st = dict(st, labeled=st["labeled"].clone(), sp_labels=st["sp_labels"].clone(),
@@ -388,10 +495,58 @@ class Experiment:
         self._apply(st, sel)
         st["rng"] = gen.get_state()
         st["round"] = r
-        model, info = self._train(model, st["labeled"], st["sp_labels"], _sub_seed("train", seed, r, name, agg))
+        pseudo, stats = (None, {}) if feats is None else self.pseudo_labels(st, probs, feats)
+        model, info = self._train(model, self.target(st, pseudo), _sub_seed("train", seed, r, name, agg))
         st["model"] = model.state_dict()
+        info.update(stats)
+        self._stage2(model, st, info, seed)
         self._record(st, info, [sel.image.tolist(), sel.superpixel.tolist()])
         return st
+
+    def pseudo_labels(self, st, probs, feats):
+        """The pool's pseudo labels for training (--semi) from the acquisition model's predictions and the new
+        labeled set, and their accuracy against the hidden ground truth on the unlabeled pool pixels:
+        ``pseudo_acc_before`` (argmax of every unlabeled pixel), and for PLAR ``pseudo_acc_after`` (the pixels
+        the refinement decided), ``pseudo_coverage`` (their share of the unlabeled pixels) and
+        ``pseudo_corrected`` (share of unlabeled pixels whose label the refinement changed)."""
+        y = self.labels_of(st)
+        plain = oreal.semi.pseudo_labels(probs, y).labels
+        unlabeled = (y == 255) & (self.pool_labels != 255)
+        n_u = max(int(unlabeled.sum()), 1)
+        stats = {"pseudo_acc_before": float((plain == self.pool_labels)[unlabeled].sum()) / n_u}
+        if self.cfg.semi == "pseudo":
+            return plain, stats
+        refined = oreal.semi.refine(feats, probs, y)
+        kept = unlabeled & ~refined.undecided
+        stats.update(pseudo_acc_after=float((refined.labels == self.pool_labels)[kept].sum()) / max(int(kept.sum()), 1),
+                     pseudo_coverage=float(kept.sum()) / n_u,
+                     pseudo_corrected=float((refined.corrected & unlabeled).sum()) / n_u)
+        return refined.labels, stats
+
+    def _stage2(self, model, st, info, seed):
+        """Weak labels, stage 2 (after the last round, or every round with --weak-stage2 every): pseudo labels
+        from prototypical pixels (:func:`oreal.weak.prototype_pseudo_labels`, the model's penultimate features),
+        then a copy of the stage-1 model is trained on them **(ours: warm-started)**; adds ``stage2_test_miou``,
+        ``stage2_val_miou``, ``stage2_epochs`` and ``stage2_pseudo_acc`` (their pixel accuracy against the hidden
+        ground truth) to ``info``. The stage-2 model is only evaluated: acquisition goes on from stage 1."""
+        if self.weak is None or (self.cfg.weak_stage2 == "last" and st["round"] < self.cfg.rounds):
+            return
+        weak = self.weak & st["labeled"][..., None]
+        b = self.tcfg.eval_batch
+        pseudo = []
+        for i in range(0, len(self.pool), b):  # superpixels lie within one image: batches are independent
+            logits, feats = features(model, self.pool[i:i + b])
+            pseudo.append(oreal.weak.prototype_pseudo_labels(feats, logits.softmax(1), self.sp_map[i:i + b],
+                                                             weak[i:i + b], self.S))
+        pseudo = torch.cat(pseudo)
+        valid = (pseudo != 255) & (self.pool_labels != 255)
+        copy = self.new_model(seed)
+        copy.load_state_dict(model.state_dict())
+        self.bar.begin(f"stage 2 seed {seed} round {st['round']}")
+        copy, info2 = self._train(copy, PixelTarget(pseudo), _sub_seed("stage2", seed, st["round"], st["strategy"]))
+        info.update(stage2_test_miou=info2["test_miou"], stage2_val_miou=info2["val_miou"],
+                    stage2_epochs=info2["epochs"],
+                    stage2_pseudo_acc=float((pseudo == self.pool_labels)[valid].sum()) / max(int(valid.sum()), 1))
 
     # -- driver
     def run(self):
@@ -425,14 +580,17 @@ class Experiment:
         runs = [(spec, seed) for seed in self.cfg.seeds for spec in self.cfg.strategies]
         # progress in epochs: every epoch costs the same (an epoch covers the pool), so the ETA is sound;
         # training that stops early and work done before a resume come off the total
-        total = (len(runs) * self.cfg.rounds + len(self.cfg.seeds)) * self.tcfg.max_epochs
+        total = sum(self.round_epochs(r) for r in range(1, self.cfg.rounds + 1)) * len(runs)
+        total += self.round_epochs(0) * len(self.cfg.seeds)
         if self.cfg.full_supervision:
             total += self.full_config().max_epochs
         self.bar = Progress(total, self.progress)
         bar = self.bar
         results = {"config": self.fp, "strategies": list(self.cfg.strategies),
                    "seeds": list(self.cfg.seeds), "num_superpixels": self.S, "budget": self.budget,
-                   "dataset": self.dataset.name, "classes": self.dataset.classes, "pool_images": len(self.pool), "runs": {}}
+                   "dataset": self.dataset.name, "classes": self.dataset.classes, "pool_images": len(self.pool),
+                   "unit": self.cfg.unit, "labels": self.cfg.labels, "semi": self.cfg.semi,
+                   "pool_pixels": int(self.pool_labels.numel()), "runs": {}}
         t0 = time.time()
         if self.cfg.full_supervision:
             st = self.full()
@@ -446,7 +604,7 @@ class Experiment:
                 path = self.state_dir / f"{rid}.pt"
                 ident = self.identity("run", seed, spec)
                 st = load_state(path, self.fp, ident) if path.exists() else dict(init, **ident)
-                bar.skip(min(st["round"], self.cfg.rounds) * self.tcfg.max_epochs)
+                bar.skip(sum(self.round_epochs(r) for r in range(1, min(st["round"], self.cfg.rounds) + 1)))
                 while st["round"] < self.cfg.rounds:
                     bar.begin(f"{spec} seed {seed} round {st['round'] + 1}/{self.cfg.rounds}")
                     st = self.strategy_round(st, name, agg, seed)
@@ -537,13 +695,29 @@ def summarise(results):
     summary = {}
     for spec, runs in by.items():
         m = np.array([[h["test_miou"] for h in r["history"]] for r in runs])
-        clicks = [h["clicks"] for h in runs[0]["history"]]
+        # clicks per round: the same for every run under dominant labels; per run under weak labels (one click
+        # per class named), where each run's AuALC uses its own clicks and the summary their mean
+        run_clicks = [[h["clicks"] for h in r["history"]] for r in runs]
+        clicks = run_clicks[0] if all(c == run_clicks[0] for c in run_clicks) else np.mean(run_clicks, 0).tolist()
         entry = {"clicks": clicks, "miou_mean": m.mean(0).tolist(), "miou_std": m.std(0).tolist(),
                  "seeds": [r["seed"] for r in runs]}
         if full:
-            au = [float(oreal.aualc(torch.tensor(clicks, dtype=torch.float64), torch.tensor(row, dtype=torch.float64),
-                                    full)) for row in m]
+            au = [_aualc(c, row, full) for c, row in zip(run_clicks, m)]
             entry.update(aualc=au, aualc_mean=float(np.mean(au)), aualc_std=float(np.std(au)))
+        if full and results.get("unit") == "pixel":
+            entry["pool_fraction_95"] = fraction_to_reach(clicks, entry["miou_mean"], 0.95 * full,
+                                                          results["pool_pixels"])
+        s2 = [_per_round(runs, "stage2_test_miou", np.std)]
+        if any(v is not None for v in s2[0][0]):
+            mean, std = s2[0]
+            entry["stage2"] = {"miou_mean": mean, "miou_std": std,
+                               "pseudo_acc_mean": _per_round(runs, "stage2_pseudo_acc")[0]}
+            if full and all(v is not None for v in mean):
+                au = [_aualc(c, [h["stage2_test_miou"] for h in r["history"]], full) for c, r in zip(run_clicks, runs)]
+                entry["stage2"].update(aualc=au, aualc_mean=float(np.mean(au)), aualc_std=float(np.std(au)))
+        pseudo = {k: _per_round(runs, k)[0] for k in PSEUDO_KEYS}
+        if any(v is not None for vals in pseudo.values() for v in vals):
+            entry["pseudo"] = pseudo
         summary[spec] = entry
     results["summary"] = summary
     results["warnings"] = []
@@ -559,29 +733,120 @@ def summarise(results):
     return summary
 
 
+def _aualc(clicks, miou, full):
+    return float(oreal.aualc(torch.tensor(clicks, dtype=torch.float64), torch.tensor(miou, dtype=torch.float64),
+                             full))
+
+
+PSEUDO_KEYS = ("pseudo_acc_before", "pseudo_acc_after", "pseudo_coverage", "pseudo_corrected")
+
+
+def _per_round(runs, key, spread=None):
+    """Mean (and ``spread``) over runs of ``history[round][key]`` per round; None where a run lacks it."""
+    mean, dev = [], []
+    for hs in zip(*(r["history"] for r in runs)):
+        v = [h.get(key) for h in hs]
+        ok = all(x is not None for x in v)
+        mean.append(float(np.mean(v)) if ok else None)
+        dev.append(float(spread(v)) if ok and spread else None)
+    return mean, dev
+
+
+def fraction_to_reach(clicks, miou, target, pool_pixels):
+    """The fraction of the pool's pixels labeled when the curve ``(clicks, miou)`` first reaches ``target``:
+    linear interpolation between the two rounds around the first crossing **(ours)**; the first round's clicks
+    when it already reaches it; None when no round does (more rounds or a larger budget are needed)."""
+    for i, m in enumerate(miou):
+        if m >= target:
+            if i == 0:
+                return clicks[0] / pool_pixels
+            c0, c1, m0 = clicks[i - 1], clicks[i], miou[i - 1]
+            return (c0 + (c1 - c0) * (target - m0) / (m - m0)) / pool_pixels
+    return None
+
+
+def _same_clicks(summ):
+    first = next(iter(summ.values()))["clicks"]
+    return all(e["clicks"] == first for e in summ.values())
+
+
+def _round_heads(summ):
+    """``r0 (B clicks)`` when every strategy spent the same clicks per round, else ``r0`` (each cell then says
+    its clicks, ``@ clicks``: weak labels cost one click per class named)."""
+    if _same_clicks(summ):
+        return [f"r{i} ({c:g} clicks)" for i, c in enumerate(next(iter(summ.values()))["clicks"])]
+    return [f"r{i}" for i in range(len(next(iter(summ.values()))["clicks"]))]
+
+
+def _at(entry, i):
+    return "" if entry.get("_same_clicks", True) else f" @ {entry['clicks'][i]:g}"
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def format_table(results):
     """Markdown table: one row per strategy, mIoU (mean ± std over seeds, in %) per round, then AuALC."""
     summ = results["summary"]
     if not summ:
         return "(no runs)"
     clicks = next(iter(summ.values()))["clicks"]
-    head = ["strategy"] + [f"r{i} ({c} clicks)" for i, c in enumerate(clicks)]
+    head = ["strategy"] + _round_heads(summ)
     has_au = any("aualc_mean" in e for e in summ.values())
     if has_au:
         head.append("AuALC")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    same = _same_clicks(summ)
+    summ = {k: dict(v, _same_clicks=same) for k, v in summ.items()}
     order = sorted(summ, key=lambda s: -summ[s].get("aualc_mean", summ[s]["miou_mean"][-1]))
     for s in order:
         e = summ[s]
-        row = [s] + [f"{100 * a:.1f} ± {100 * b:.1f}" for a, b in zip(e["miou_mean"], e["miou_std"])]
+        row = [s] + [f"{100 * a:.1f} ± {100 * b:.1f}" + _at(e, i) for i, (a, b) in
+                     enumerate(zip(e["miou_mean"], e["miou_std"]))]
         if has_au:
             row.append(f"{100 * e['aualc_mean']:.1f} ± {100 * e['aualc_std']:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     if results.get("full_miou") is not None:
         lines.append(f"\nFull supervision (all pool pixels, seed {results['seeds'][0]}): "
                      f"mIoU {100 * results['full_miou']:.1f}")
+    lines += _scheme_tables(results, summ, clicks)
     lines += [f"\nWARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _scheme_tables(results, summ, clicks):
+    """The extra tables of --unit pixel (pool fraction to 95 % of full supervision), --labels weak (stage 2)
+    and --semi (pseudo-label accuracy before and after refinement)."""
+    lines = []
+    if results.get("unit") == "pixel" and results.get("full_miou") is not None:
+        lines.append(f"\nPool pixels labeled when the mean curve reaches 95 % of full supervision "
+                     f"(of {results['pool_pixels']} pool pixels; {_pct(clicks[-1] / results['pool_pixels'])} % "
+                     f"labeled at the end):")
+        lines += [f"- {s}: " + ("not reached" if e.get("pool_fraction_95") is None else
+                                f"{100 * e['pool_fraction_95']:.2f} %") for s, e in summ.items()]
+    if any("stage2" in e for e in summ.values()):
+        head = ["strategy"] + _round_heads(summ) + ["AuALC"]
+        lines += ["\nWeak labels, stage 2 (prototype pseudo labels, retrained): test mIoU % (pseudo-label "
+                  "pixel accuracy %)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for s, e in summ.items():
+            st2 = e.get("stage2")
+            if st2:
+                cells = [f"{_pct(m)} ({_pct(a)})" + _at(e, i) if m is not None else "-"
+                         for i, (m, a) in enumerate(zip(st2["miou_mean"], st2["pseudo_acc_mean"]))]
+                au = f"{100 * st2['aualc_mean']:.1f} ± {100 * st2['aualc_std']:.1f}" if "aualc_mean" in st2 else "-"
+                lines.append("| " + " | ".join([s] + cells + [au]) + " |")
+    if any("pseudo" in e for e in summ.values()):
+        lines += ["\nPseudo labels of the unlabeled pool pixels against the hidden ground truth, per round "
+                  "(accuracy % before refinement / after refinement on the decided pixels / decided share %):", ""]
+        for s, e in summ.items():
+            p = e.get("pseudo")
+            if p:
+                cells = [f"r{i}: {_pct(b)} / {_pct(a)} / {_pct(c)}" for i, (b, a, c) in
+                         enumerate(zip(p["pseudo_acc_before"], p["pseudo_acc_after"], p["pseudo_coverage"]))
+                         if b is not None]
+                lines.append(f"- {s}: " + ", ".join(cells))
+    return lines
 
 
 def load_data(cfg: LoopConfig):
@@ -678,11 +943,28 @@ def build_parser():
                    help="comma-separated NAME[:max|mean]; names from oreal.strategies.available()")
     g.add_argument("--seeds", type=_ints, default=(0, 1))
     g.add_argument("--rounds", type=_pos, default=4, help="acquisition rounds after the random round 0")
-    g.add_argument("--budget", type=_pos, help="superpixels per round (default: 2 x superpixels per image)")
-    g.add_argument("--mc-samples", type=_pos, default=4, help="MC-dropout samples (bald, balent)")
+    g.add_argument("--budget", type=_pos, help="superpixels (--unit pixel: pixels) per round (default: 2 x "
+                                               "superpixels per image; --unit pixel: 2 x --sp-count)")
+    g.add_argument("--mc-samples", type=_pos, default=4, help="MC-dropout samples (bald, balent, balent_pixel)")
     g.add_argument("--no-full", action="store_true",
                    help=f"skip the fully supervised reference (no AuALC); it trains on every pool pixel with "
                         f"{FULL_SCHEDULE}")
+    g = p.add_argument_group("label schemes (docs/examples.md)")
+    g.add_argument("--unit", choices=["superpixel", "pixel"], default="superpixel",
+                   help="what is annotated: superpixels, or single pixels (sparse pixel labels, one click each; "
+                        "superpixel strategies then score each pixel as its own superpixel)")
+    g.add_argument("--labels", choices=["dominant", "weak"], default="dominant",
+                   help="dominant: one class per superpixel, one click; weak: every class present, one click "
+                        "per class (stage-1 weak losses, stage-2 prototype pseudo labels)")
+    g.add_argument("--weak-min-share", type=float, default=0.0,
+                   help="weak oracle: least share of a superpixel's valid pixels for a class to be named")
+    g.add_argument("--weak-stage2", choices=["last", "every"], default="last",
+                   help="weak labels: run stage 2 after the last round only, or after every round (a stage-2 "
+                        "AuALC; twice the training)")
+    g.add_argument("--semi", choices=["none", "pseudo", "plar"], default="none",
+                   help="add the pool's pseudo labels to training: plain (pseudo) or refined by PLAR (plar, "
+                        "which also sends undecided regions to the annotator first)")
+    g.add_argument("--semi-weight", type=float, default=0.5, help="weight of the pseudo-labeled pixels' loss")
     g = p.add_argument_group("run")
     g.add_argument("--out", default="runs/al_loop", help="output folder: state/, results.json, PNGs")
     g.add_argument("--restart", action="store_true", help="discard saved state in --out and start over")
@@ -704,6 +986,7 @@ def config_from_args(a):
     if len(set(specs)) != len(specs):
         raise ValueError(f"--strategies lists a strategy twice: {a.strategies!r}")
     check_strategies(specs)
+    check_scheme(argparse.Namespace(strategies=specs, **{k: getattr(a, k) for k in SCHEME_DEFAULTS}))
     if len(set(a.seeds)) != len(a.seeds):
         raise ValueError(f"--seeds lists a seed twice: {a.seeds}")
     if not 0.0 <= a.ema_decay < 1.0:
@@ -718,7 +1001,8 @@ def config_from_args(a):
                       sp_method=a.sp_method, sp_count=a.sp_count, model=a.model, width=a.width,
                       pretrained=a.pretrained, strategies=specs, seeds=tuple(a.seeds), rounds=a.rounds,
                       budget=a.budget, mc_samples=a.mc_samples, full_supervision=not a.no_full, train=tc,
-                      threads=a.threads)
+                      threads=a.threads, unit=a.unit, labels=a.labels, weak_min_share=a.weak_min_share,
+                      weak_stage2=a.weak_stage2, semi=a.semi, semi_weight=a.semi_weight)
 
 
 def check_dependencies(cfg: LoopConfig, *, plots: bool, progress: bool):

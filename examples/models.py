@@ -104,6 +104,7 @@ class ViTSegmenter(nn.Module):
         gh, gw = t.shape[-2:]
         t = t + F.interpolate(self.pos, size=(gh, gw), mode="bilinear", align_corners=False)
         tok = self.encoder(t.flatten(2).transpose(1, 2))
+        self.token_grid = (gh, gw)  # lets examples.models.features lay the dropout's tokens out as a map
         logits = self.head(self.drop(self.norm(tok))).transpose(1, 2).reshape(N, -1, gh, gw)
         logits = F.interpolate(logits, size=(ph, pw), mode="bilinear", align_corners=False)[..., :H, :W]
         return logits + self.refine(torch.cat([logits, x], 1))
@@ -157,6 +158,38 @@ def _replace_head(net, name, num_classes):
     else:
         net.classifier.low_classifier = nn.Conv2d(net.classifier.low_classifier.in_channels, num_classes, 1)
         net.classifier.high_classifier = nn.Conv2d(net.classifier.high_classifier.in_channels, num_classes, 1)
+
+
+def feature_layer(model):
+    """The layer whose input is a model's penultimate features: its last dropout module, the one MC dropout
+    samples. For ``small``, ``vit`` and the ``lite0`` models the dropout sits right before the 1x1 classifier,
+    so its input is exactly what the classifier reads; for ``lraspp`` it is the high-level branch's classifier
+    input (128 channels, stride 8); for ``deeplabv3`` torchvision's ASPP output (256 channels, before the head's
+    3x3 convolution)."""
+    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if not drops:
+        raise ValueError(f"{type(model).__name__} has no dropout layer before its classifier, so it has no "
+                         f"penultimate features to read")
+    return drops[-1]
+
+
+@torch.no_grad()
+def features(model, images):
+    """``(logits (N, C, H, W), features (N, D, h, w))`` in eval mode: the logits and the penultimate features
+    (the input of :func:`feature_layer`, read by a forward hook, any stride). A ViT's tokens ``(N, T, D)`` are
+    laid out on its token grid."""
+    layer, seen = feature_layer(model), []
+    hook = layer.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    try:
+        model.eval()
+        logits = model(images)
+    finally:
+        hook.remove()
+    f = seen[-1]
+    if f.ndim == 3:  # (N, T, D) tokens of the ViT
+        owner = next(m for m in model.modules() if getattr(m, "drop", None) is layer)
+        f = f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *owner.token_grid)
+    return logits, f
 
 
 def count_parameters(model):

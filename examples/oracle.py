@@ -2,7 +2,9 @@
 
 The OREAL paper (after Cai et al. 2021) labels a whole superpixel with its most frequent ground-truth class
 ("dominant labelling"), so an annotator spends a single click per superpixel. Superpixels whose pixels are
-all ``ignore`` still cost a click but add no labels.
+all ``ignore`` still cost a click but add no labels. With ``pixels=True`` (the loop's ``--unit pixel``) each
+pixel is its own unit and the answer is its true class, one click per pixel (an ``ignore`` pixel costs a click
+and adds nothing). The weak oracle of ``--labels weak`` is :func:`oreal.weak.weak_labels`.
 """
 from __future__ import annotations
 
@@ -22,9 +24,12 @@ class Oracle:
     sp_map : LongTensor[N, H, W]   superpixel ids in ``[0, S)``
     num_superpixels : int          ``S``
     num_classes : int              ``C``
+    pixels : bool                  ``sp_map`` is the identity map ``h * W + w`` (``S = H * W``, the loop's
+                                   ``--unit pixel``): the answer is each pixel's own class, read directly
+                                   (no ``(N, S, C)`` count table)
     """
 
-    def __init__(self, labels, sp_map, num_superpixels, num_classes, ignore_index=IGNORE_INDEX):
+    def __init__(self, labels, sp_map, num_superpixels, num_classes, ignore_index=IGNORE_INDEX, pixels=False):
         if labels.shape != sp_map.shape:
             raise ValueError(f"labels and sp_map must have the same shape, got {tuple(labels.shape)} and "
                              f"{tuple(sp_map.shape)}")
@@ -34,7 +39,14 @@ class Oracle:
         self.C = int(num_classes)
         self.ignore_index = ignore_index
         #: Long[N, S]: the answer the annotator would give for every superpixel (-1 = nothing to label)
-        self.dominant = oreal.dominant_labels(labels, sp_map, self.S, self.C, ignore_index=ignore_index)
+        if pixels:
+            if self.S != labels[0].numel() or not torch.equal(sp_map, torch.arange(self.S).reshape(
+                    labels.shape[1:]).expand_as(sp_map)):
+                raise ValueError("pixels=True needs the identity map sp_map[n, h, w] = h * W + w with "
+                                 "num_superpixels = H * W")
+            self.dominant = torch.where(labels == ignore_index, -1, labels.long()).reshape(len(labels), -1)
+        else:
+            self.dominant = oreal.dominant_labels(labels, sp_map, self.S, self.C, ignore_index=ignore_index)
         self.clicks = 0
 
     def annotate(self, image, superpixel):

@@ -2,6 +2,11 @@
 comparison (same seed = same round 0) and the class make-up of the final labeled sets.
 
     python -m examples.report runs/camvid/results.json
+    python -m examples.report runs/camvid_weak/results.json --compare runs/camvid/results.json
+
+``--compare OTHER`` (repeatable) adds the other run's test mIoU at this run's clicks (linear interpolation
+between its rounds; '-' outside its range): the superpixel dominant-label run beside a ``--unit pixel`` or
+``--labels weak`` run at equal clicks, or the ``--semi`` runs beside each other.
 """
 from __future__ import annotations
 
@@ -39,6 +44,62 @@ def max_vs_mean(results):
     return rows
 
 
+def weak_table(results):
+    """Table 4 of the OREAL paper: AuALC of stage 1 and stage 2 per method, max, mean and mean - max (means over
+    seeds), for a ``--labels weak`` run; None for other runs."""
+    summ = results["summary"]
+    if results.get("labels") != "weak":
+        return None
+    lines = ["Weak labels (AuALC % against clicks, mean over seeds):", "",
+             "| method | stage 1 max | stage 1 mean | mean - max | stage 2 max | stage 2 mean | mean - max |",
+             "|---|---|---|---|---|---|---|"]
+    names = dict.fromkeys(spec.partition(":")[0] for spec in summ)
+    for name in names:
+        cells = []
+        for stage in (1, 2):
+            vals = []
+            for agg in ("max", "mean"):
+                e = summ.get(f"{name}:{agg}", summ.get(name) if agg == "max" else None) or {}
+                e = e if stage == 1 else e.get("stage2", {})
+                vals.append(e.get("aualc_mean"))
+            diff = vals[1] - vals[0] if None not in vals else None
+            cells += [_pct(vals[0]), _pct(vals[1]), "-" if diff is None else f"{100 * diff:+.1f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def at_clicks(results, other):
+    """Rows ``(strategy, [(clicks, mIoU, other's mIoU at those clicks or None)] per round)``: ``other``'s mean
+    curve of the same strategy (or, when ``other`` lacks it, of every strategy it has, named ``other: spec``)
+    interpolated linearly at this run's mean clicks per round."""
+    rows = []
+    for spec, e in results["summary"].items():
+        refs = {spec: other["summary"][spec]} if spec in other["summary"] else other["summary"]
+        for ref_spec, ref in refs.items():
+            c, m = np.asarray(ref["clicks"], float), np.asarray(ref["miou_mean"], float)
+            cells = [(x, y, float(np.interp(x, c, m)) if c[0] <= x <= c[-1] else None)
+                     for x, y in zip(e["clicks"], e["miou_mean"])]
+            rows.append((spec if ref_spec == spec else f"{spec} vs {ref_spec}", cells))
+    return rows
+
+
+def _unit(results):
+    return "pixels" if results.get("unit") == "pixel" else "superpixels"
+
+
+def _labels(results):
+    return "classes present (weak labels)" if results.get("labels") == "weak" else "dominant labels"
+
+
+def _scheme(results):
+    semi = results.get("semi", "none")
+    return f"{_unit(results)}, {_labels(results)}" + ("" if semi == "none" else f", --semi {semi}")
+
+
 def class_makeup(results):
     """Mean over seeds of the final labeled class counts, per strategy."""
     out = {}
@@ -47,7 +108,9 @@ def class_makeup(results):
     return {k: np.mean(v, 0) for k, v in out.items()}
 
 
-def report(results):
+def report(results, *others):
+    """The markdown report of ``results``; each of ``others`` (another run's results) adds its test mIoU at
+    this run's clicks (:func:`at_clicks`)."""
     lines = [_table(results), ""]
     mm = max_vs_mean(results)
     if mm:
@@ -62,7 +125,16 @@ def report(results):
     from .stats import stats_markdown
 
     lines += [stats_markdown(results), ""]
-    lines += ["Labeled superpixels per class after the last round (mean over seeds; dominant labels):", "",
+    wt = weak_table(results)
+    if wt:
+        lines += [wt, ""]
+    for other in others:
+        lines += [f"Test mIoU % at equal clicks: this run ({_scheme(results)}) / the compared run "
+                  f"({_scheme(other)}) interpolated at the same clicks:", ""]
+        for name, cells in at_clicks(results, other):
+            lines.append(f"- {name}: " + ", ".join(f"{c:g} clicks {_pct(a)} / {_pct(b)}" for c, a, b in cells))
+        lines.append("")
+    lines += [f"Labeled {_unit(results)} per class after the last round (mean over seeds; {_labels(results)}):", "",
               "| strategy | " + " | ".join(classes) + " | smallest / largest |",
               "|---|" + "---|" * (len(classes) + 1)]
     for k in sorted(cm, key=lambda k: -cm[k].min() / max(cm[k].max(), 1)):
@@ -74,15 +146,19 @@ def report(results):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m examples.report", description=__doc__.splitlines()[0])
     p.add_argument("results", help="results.json written by python -m examples.al_loop")
+    p.add_argument("--compare", action="append", default=[],
+                   help="another results.json: its mIoU at this run's clicks (repeatable)")
     a = p.parse_args(argv)
-    path = Path(a.results)
-    try:
-        results = json.loads(path.read_text())
-        results["summary"]
-    except (OSError, ValueError, KeyError) as e:
-        print(f"error: cannot read a results file from {path}: {e}", file=sys.stderr)
-        return 2
-    print(report(results))
+    loaded = []
+    for path in [Path(p) for p in [a.results, *a.compare]]:
+        try:
+            results = json.loads(path.read_text())
+            results["summary"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: cannot read a results file from {path}: {e}", file=sys.stderr)
+            return 2
+        loaded.append(results)
+    print(report(*loaded))
     return 0
 
 

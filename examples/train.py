@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import oreal
+import oreal.weak
 
 IGNORE_INDEX = 255
 
@@ -87,11 +88,66 @@ def _ema_update(ema, model, decay, step):
         be.copy_(bm)
 
 
+class PixelTarget:
+    """Training targets as pixel labels: cross-entropy on the labeled pixels only (``255`` elsewhere) and,
+    optionally, ``pseudo_weight`` x cross-entropy on the pseudo-labeled pixels (``pseudo``, ``255`` where none;
+    pixels that also have a label keep only their label). Each term is a mean over its pixels of the batch;
+    a term without pixels is left out."""
+
+    def __init__(self, labels, pseudo=None, pseudo_weight=0.0):
+        self.labels = labels
+        self.pseudo = None
+        if pseudo is not None and pseudo_weight > 0:
+            self.pseudo = torch.where(labels != IGNORE_INDEX, IGNORE_INDEX, pseudo)
+        self.pseudo_weight = float(pseudo_weight)
+
+    def trainable(self):
+        """Bool[N]: images with at least one training pixel."""
+        has = (self.labels != IGNORE_INDEX).flatten(1).any(1)
+        return has if self.pseudo is None else has | (self.pseudo != IGNORE_INDEX).flatten(1).any(1)
+
+    def loss(self, model, x, pick, flip):
+        """The loss of ``model(x)`` for the images ``pick`` (flipped where ``flip``), or None (and no forward
+        pass) when the batch has no training pixel."""
+        ys = []
+        for y, weight in ((self.labels, 1.0), (self.pseudo, self.pseudo_weight)):
+            if y is not None:
+                y = y[pick]
+                if flip is not None:
+                    y = torch.where(flip[:, None, None], y.flip(-1), y)
+                if (y != IGNORE_INDEX).any():
+                    ys.append((y, weight))
+        if not ys:
+            return None
+        logits = model(x)
+        return sum(w * F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX) for y, w in ys)
+
+
+class WeakTarget:
+    """Training targets as weak multi-class superpixel labels: :func:`oreal.weak.weak_loss` (stage 1, its
+    defaults: ``T = 0.1``, 16 CE + 8 MP + 1 PP) on ``sp_map (N, H, W)`` and ``weak (N, S, C)``."""
+
+    def __init__(self, sp_map, weak, num_superpixels):
+        self.sp_map, self.weak, self.S = sp_map, weak, int(num_superpixels)
+
+    def trainable(self):
+        return self.weak.flatten(1).any(1)
+
+    def loss(self, model, x, pick, flip):
+        weak = self.weak[pick]
+        if not weak.any():
+            return None
+        sp = self.sp_map[pick]
+        if flip is not None:
+            sp = torch.where(flip[:, None, None], sp.flip(-1), sp)
+        return oreal.weak.weak_loss(model(x), sp, weak, self.S, validate_args=False).total
+
+
 def train(model, images, labels, val_images, val_labels, num_classes, *, config: TrainConfig, seed: int,
           on_epoch=None, on_checkpoint=None, resume=None):
-    """Train ``model`` in place on ``labels`` (LongTensor[N, H, W], 255 = unlabeled); returns
-    ``(model, info)`` where ``model`` now holds the best Polyak-averaged weights and ``info`` has
-    ``epochs`` and ``val_miou``.
+    """Train ``model`` in place on ``labels`` (LongTensor[N, H, W], 255 = unlabeled; or a :class:`PixelTarget`
+    / :class:`WeakTarget`); returns ``(model, info)`` where ``model`` now holds the best Polyak-averaged weights
+    and ``info`` has ``epochs`` and ``val_miou``.
 
     ``on_epoch(epoch, val_miou)`` is called after each epoch. ``on_checkpoint(ckpt)`` is called after each
     epoch that training continues past, with everything needed to continue (weights, optimizer, averaged and
@@ -101,7 +157,8 @@ def train(model, images, labels, val_images, val_labels, num_classes, *, config:
     RNG: seed it before the first call, as the loop does.
     """
     g = torch.Generator().manual_seed(int(seed))
-    has_label = (labels != IGNORE_INDEX).flatten(1).any(1).nonzero().flatten()
+    target = labels if isinstance(labels, (PixelTarget, WeakTarget)) else PixelTarget(labels)
+    has_label = target.trainable().nonzero().flatten()
     if len(has_label) == 0:
         raise ValueError("no labeled pixel in the training set: nothing to train on")
     iters = math.ceil(len(images) / config.batch_size)
@@ -122,14 +179,13 @@ def train(model, images, labels, val_images, val_labels, num_classes, *, config:
         model.train()
         for _ in range(iters):
             pick = has_label[torch.randint(len(has_label), (config.batch_size,), generator=g)]
-            x, y = images[pick], labels[pick]
+            x, f = images[pick], None
             if config.flip:
                 f = torch.rand(len(pick), generator=g) < 0.5
                 x = torch.where(f[:, None, None, None], x.flip(-1), x)
-                y = torch.where(f[:, None, None], y.flip(-1), y)
-            if not (y != IGNORE_INDEX).any():
+            loss = target.loss(model, x, pick, f)
+            if loss is None:
                 continue
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

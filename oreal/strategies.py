@@ -724,16 +724,20 @@ def available() -> Dict[str, str]:
 
 def requirements(name: str) -> Dict[str, Any]:
     """What strategy ``name`` needs: its required inputs, allowed aggregations (the first is the default; empty
-    for none) and its options with their defaults.
+    for none), its options with their defaults, and whether it picks single pixels (``pixels``: then ``exclude``
+    is ``Tensor[N, H, W]`` and ``superpixel`` the flat pixel index).
 
     Example:
         >>> requirements("pixelbal")["inputs"]
         ('logits',)
         >>> requirements("oreal")["aggregations"]
         ('max', 'mean')
+        >>> requirements("balent_pixel")["pixels"]
+        True
     """
     spec = _lookup(name)
-    return {"inputs": spec.requires, "aggregations": spec.aggregations, "options": dict(spec.options)}
+    return {"inputs": spec.requires, "aggregations": spec.aggregations, "options": dict(spec.options),
+            "pixels": spec.pixels}
 
 
 def _lookup(name: object) -> _Strategy:

@@ -29,14 +29,14 @@ streams; the selector itself knows no strategy by name. Why it is exact, and wha
   that are exact under any batching, order or sharding (minima, maxima and integer sums, e.g. the class mass of
   :func:`class_mass` as int64 fixed-point limbs); the second scores against them and keeps the top ``B``. Call
   :meth:`StreamingSelector.next_pass` between the passes.
-- The streamed ``random`` ranks by a keyed hash of ``(seed, g)`` (:func:`keyed_uniform`): a uniformly random
-  ``B``-subset, the same for every batching and sharding, but not the one ``query("random", generator=...)``
-  draws (that draw depends on the pool's size and order).
+- A seeded entry (``Stream(seeded=True)``, the streamed ``random``) ranks by a keyed hash of ``(seed, g)``
+  (:func:`keyed_uniform`): a uniformly random ``B``-subset, the same for every batching and sharding, but not the
+  generator's draw of the in-memory strategy (which depends on the pool's size and order).
 - :func:`streamable` lists the strategies and how each one streams; the others raise, saying why.
 - ``mean`` aggregations on CUDA add with atomics, so there the in-memory result itself varies in the last bits.
 
-Ties: the global index is ``g = image_id * S + s`` (``image_id * H * W + h * W + w`` for pixel-level strategies), so the
-``image_ids`` given with each batch define the order; with ids ``0 .. N-1`` in pool order the result equals the
+Ties: the global index is ``g = image_id * S + s`` (``image_id * H * W + h * W + w`` for pixel-level strategies), so
+the ``image_ids`` given with each batch define the order; with ids ``0 .. N-1`` in pool order the result equals the
 in-memory one on the stacked pool. Ids must be unique over the pool; a repeated id raises.
 
 Distributed (``distributed=True``, ``torch.distributed`` initialised, gloo on CPU or NCCL on GPU): each rank
@@ -83,7 +83,6 @@ from oreal.select import Selection, candidates, greedy_per_class, topk
 __all__ = ["StreamingSelector", "streamable", "class_mass", "class_mean", "keyed_uniform"]
 
 _SENTINEL = torch.iinfo(torch.int64).max  # the global index of an empty buffer slot; sorts after every real one
-
 
 
 def streamable() -> Dict[str, str]:

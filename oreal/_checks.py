@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+INT64_MAX = torch.iinfo(torch.int64).max
 
 
 def check_tensor(x: object, name: str) -> Tensor:
@@ -71,16 +72,29 @@ def check_same_device(x: Tensor, name: str, ref: Tensor, ref_name: str) -> None:
         )
 
 
+def check_real(x: Tensor, name: str) -> None:
+    """Values can be read: not a meta tensor (shape only). Called before every host sync."""
+    if x.is_meta:
+        raise ValueError(f"Expected `{name}` to hold real data, but got a tensor on the meta device (shape "
+                         f"{tuple(x.shape)}, no values); acquisition reads the values, so it needs real data")
+
+
 def check_int(x: object, name: str, *, minimum: int = 0) -> int:
+    """A Python int (or one-element integer tensor) in ``[minimum, 2**63 - 1]``: every integer argument ends up in
+    int64 arithmetic, so larger ones are refused instead of wrapping around."""
     if isinstance(x, Tensor):
         if x.numel() != 1 or x.is_floating_point() or x.dtype == torch.bool:
             raise TypeError(f"Expected argument `{name}` to be an integer, but got a tensor of shape "
                             f"{tuple(x.shape)} and dtype {x.dtype}")
+        check_real(x, name)
         x = int(x.item())
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"Expected argument `{name}` to be an integer, but got {type(x).__name__} {x!r}")
     if x < minimum:
         raise ValueError(f"Expected argument `{name}` to be an integer >= {minimum}, but got {x}")
+    if x > INT64_MAX:
+        raise ValueError(f"Expected argument `{name}` to be an integer <= 2**63 - 1 = {INT64_MAX} (int64), "
+                         f"but got {x}")
     return int(x)
 
 
@@ -96,7 +110,10 @@ def sum_tolerance(dtype: torch.dtype) -> float:
 
 
 def validate_probabilities(probs: Tensor, name: str = "probs", dim: int = 1) -> None:
-    """Finite, in [0, 1], and summing to 1 along ``dim`` (host sync)."""
+    """Finite, in [0, 1], and summing to 1 along ``dim`` (host sync). An empty tensor passes."""
+    check_real(probs, name)
+    if probs.numel() == 0:
+        return
     lo, hi = torch.aminmax(probs)
     sums = probs.sum(dim=dim, dtype=torch.float32)
     # NaN or inf anywhere makes the corresponding sum non-finite, so one reduction checks both.
@@ -113,6 +130,7 @@ def validate_probabilities(probs: Tensor, name: str = "probs", dim: int = 1) -> 
 
 
 def validate_finite(x: Tensor, name: str) -> None:
+    check_real(x, name)
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"Expected `{name}` to contain only finite values, but found NaN or inf")
 
@@ -124,6 +142,7 @@ def validate_ids(x: Tensor, name: str, low: int, high: int, what: str, extra: Op
     it, like ``-1`` for superpixel maps); the detailed scan runs only to report a bad value, or when ``extra``
     lies apart from the range (an ignore index such as 255).
     """
+    check_real(x, name)
     if x.numel() == 0:
         return
     lo_ok, hi_ok = low, high
@@ -144,6 +163,7 @@ def validate_ids(x: Tensor, name: str, low: int, high: int, what: str, extra: Op
 
 
 def validate_nonnegative(x: Tensor, name: str) -> None:
+    check_real(x, name)
     if x.numel() and bool((x < 0).any()):
         raise ValueError(f"Expected `{name}` to be non-negative, but found {int(x.min())}")
 

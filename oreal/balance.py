@@ -8,12 +8,12 @@ filling), ties to the lowest class index. :func:`class_debt` computes it in clos
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from oreal._checks import check_bool_tensor, check_int, check_int_tensor, validate_nonnegative
+from oreal._checks import INT64_MAX, check_bool_tensor, check_int, check_int_tensor, check_real, validate_nonnegative
 
 __all__ = ["class_counts", "class_debt"]
 
@@ -56,7 +56,9 @@ def class_debt(labeled_counts: Tensor, budget: int, *, class_mask: Optional[Tens
     time to the class with the lowest current count ``n_c + d_c`` produces; ties go to the lowest class index.
     Computed in closed form with one sort, without a loop over the budget and without host syncs: sort the
     counts, find the water level ``L`` the budget reaches, fill every class below it to ``L``, then hand the
-    remaining ``r < k`` units to the ``r`` lowest-indexed of the ``k`` classes standing at ``L``.
+    remaining ``r < k`` units to the ``r`` lowest-indexed of the ``k`` classes standing at ``L``. Exact for every
+    budget and count up to ``2**63 - 1`` (no int64 wrap-around); budgets above ``2**62 / C`` are computed in
+    Python integers over the ``C`` counts (one host sync).
 
     Args:
         labeled_counts (Tensor[C]): integer ``n_c >= 0``.
@@ -75,6 +77,7 @@ def class_debt(labeled_counts: Tensor, budget: int, *, class_mask: Optional[Tens
         tensor([0, 0, 3, 3])
     """
     check_int_tensor(labeled_counts, "labeled_counts", ndim=1)
+    check_real(labeled_counts, "labeled_counts")
     budget = check_int(budget, "budget", minimum=0)
     num_classes = labeled_counts.shape[0]
     if num_classes == 0:
@@ -92,9 +95,16 @@ def class_debt(labeled_counts: Tensor, budget: int, *, class_mask: Optional[Tens
     dev = counts.device
     if class_mask is None:
         class_mask = torch.ones(num_classes, dtype=torch.bool, device=dev)
-    # Masked classes sort last (their count is pushed past any level the budget can reach) and never fill.
-    big = counts.max() + budget + 1 if num_classes else budget + 1
-    key = torch.where(class_mask, counts, big)
+    if num_classes * (budget + 1) > _DEVICE_LIMIT:
+        # Astronomical budgets: the same water level in Python integers over the C counts (one host sync).
+        debt = _debt_exact(counts.tolist(), budget, class_mask.tolist())
+        return torch.tensor(debt, dtype=torch.long, device=dev)
+    # Only counts relative to the lowest balanced class matter, and a class B or more above it never gets a unit:
+    # shifted and capped at B, every intermediate below stays under C * (B + 1) <= 2^62, so int64 cannot wrap.
+    lowest = torch.where(class_mask, counts, INT64_MAX).amin()
+    rel = (counts - lowest).clamp(0, budget)
+    # Masked classes sort last (past any level the budget can reach) and never fill.
+    key = torch.where(class_mask, rel, budget + 1)
     sorted_counts = key.sort(stable=True).values
     j = torch.arange(1, num_classes + 1, device=dev)
     prefix = sorted_counts.cumsum(0)
@@ -102,8 +112,33 @@ def class_debt(labeled_counts: Tensor, budget: int, *, class_mask: Optional[Tens
     cost = j * sorted_counts - prefix
     k = ((cost <= budget) & (j <= class_mask.sum())).sum().clamp_min(1)  # classes below the water line
     level = (budget + prefix[k - 1]) // k
-    debt = torch.where(class_mask, (level - counts).clamp_min(0), 0)
+    debt = torch.where(class_mask, (level - rel).clamp_min(0), 0)
     remainder = budget - debt.sum()
-    at_level = class_mask & (counts <= level)
+    at_level = class_mask & (rel <= level)
     rank = at_level.long().cumsum(0)  # 1-based rank by class index among classes at the level
     return debt + (at_level & (rank <= remainder)).long()
+
+
+# The int64 path of class_debt holds values up to C * (B + 1); beyond this it switches to Python integers.
+_DEVICE_LIMIT = 1 << 62
+
+
+def _debt_exact(counts: List[int], budget: int, mask: List[bool]) -> List[int]:
+    """:func:`class_debt` in Python integers (no overflow): the same sort and water level over the C counts."""
+    order = sorted((counts[c], c) for c in range(len(counts)) if mask[c])
+    if not order:
+        return [0] * len(counts)
+    k, prefix = 1, order[0][0]
+    for j in range(2, len(order) + 1):
+        value = order[j - 1][0]
+        if j * value - (prefix + value) > budget:
+            break
+        k, prefix = j, prefix + value
+    level = (budget + prefix) // k
+    debt = [max(level - n, 0) if m else 0 for n, m in zip(counts, mask)]
+    remainder = budget - sum(debt)
+    for c in range(len(counts)):
+        if remainder > 0 and mask[c] and counts[c] <= level:
+            debt[c] += 1
+            remainder -= 1
+    return debt

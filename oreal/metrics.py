@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence, Union
 
 import torch
@@ -97,6 +98,22 @@ def miou(pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 
                                                 validate_args=validate_args))
 
 
+def _real_vector(x: object, name: str) -> Tensor:
+    """A 1-D float64 CPU tensor of real numbers (not strings, bools or other objects)."""
+    if isinstance(x, Tensor):
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"Expected `{name}` to hold real numbers, but got a tensor of dtype {x.dtype}")
+        return x.detach().to("cpu", torch.float64)
+    try:
+        values = list(x)  # type: ignore[call-overload]
+    except TypeError as err:
+        raise TypeError(f"Expected `{name}` to be a sequence of numbers, but got {type(x).__name__}") from err
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
+    if bad is not None:
+        raise TypeError(f"Expected `{name}` to hold real numbers, but got {type(bad).__name__} {bad!r}")
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
 def aualc(budgets: Union[Sequence[float], Tensor], mious: Union[Sequence[float], Tensor],
           full_miou: float) -> float:
     """Area under the active-learning curve, normalised by full supervision (SPEC §6).
@@ -107,7 +124,7 @@ def aualc(budgets: Union[Sequence[float], Tensor], mious: Union[Sequence[float],
     Args:
         budgets (Sequence[float]): labeled budget (e.g. clicks) at each round, strictly increasing, at least two.
         mious (Sequence[float]): mIoU after each round, same length.
-        full_miou: mIoU of the fully supervised model, ``> 0``.
+        full_miou: mIoU of the fully supervised model, a number ``> 0`` (or a 0-d tensor).
 
     Returns:
         float
@@ -116,8 +133,8 @@ def aualc(budgets: Union[Sequence[float], Tensor], mious: Union[Sequence[float],
         >>> aualc([0, 10, 20], [0.2, 0.4, 0.6], full_miou=0.8)
         0.5
     """
-    b = torch.as_tensor(budgets, dtype=torch.float64).cpu()
-    m = torch.as_tensor(mious, dtype=torch.float64).cpu()
+    b = _real_vector(budgets, "budgets")
+    m = _real_vector(mious, "mious")
     if b.ndim != 1 or m.ndim != 1 or b.numel() != m.numel():
         raise ValueError(f"Expected `budgets` and `mious` to be 1-D of the same length, but got shapes "
                          f"{tuple(b.shape)} and {tuple(m.shape)}")
@@ -127,6 +144,12 @@ def aualc(budgets: Union[Sequence[float], Tensor], mious: Union[Sequence[float],
         raise ValueError("Expected `budgets` and `mious` to be finite, but found NaN or inf")
     if not bool((b[1:] > b[:-1]).all()):
         raise ValueError(f"Expected `budgets` to be strictly increasing, but got {b.tolist()}")
+    if isinstance(full_miou, Tensor) and full_miou.ndim == 0 and not full_miou.is_complex():
+        full_miou = full_miou.item()
+    if isinstance(full_miou, bool) or not isinstance(full_miou, numbers.Real):
+        what = (f"a tensor of shape {tuple(full_miou.shape)}" if isinstance(full_miou, Tensor)
+                else f"{type(full_miou).__name__} {full_miou!r}")
+        raise TypeError(f"Expected argument `full_miou` to be a number, but got {what}")
     full = float(full_miou)
     if not 0 < full < float("inf"):
         raise ValueError(f"Expected `full_miou` to be a positive finite number, but got {full_miou!r}")

@@ -17,8 +17,10 @@ from oreal._checks import (
     check_float,
     check_int,
     check_int_tensor,
+    check_real,
     check_same_device,
     check_shape,
+    compute_dtype,
     validate_finite,
     validate_nonnegative,
     validate_probabilities,
@@ -80,6 +82,7 @@ def _candidates(index: Tensor, num_superpixels: int, exclude: Optional[Tensor]) 
 
 def _available_count(cand: Tensor, budget: int, allow_partial: bool) -> int:
     """Number of picks to return; the one host sync of a selection (its output size depends on it)."""
+    check_real(cand, "candidates")
     available = int(cand.sum())
     if available >= budget:
         return budget
@@ -87,6 +90,14 @@ def _available_count(cand: Tensor, budget: int, allow_partial: bool) -> int:
         raise ValueError(f"Expected a budget of at most the {available} candidate superpixels (non-empty, not "
                          f"excluded), but got budget = {budget}; pass allow_partial=True to take all {available}")
     return available
+
+
+def empty_selection(budget: int, allow_partial: bool, device: torch.device, dtype: torch.dtype) -> Selection:
+    """The selection from a pool without candidates: empty for ``budget == 0`` (or ``allow_partial``), else the
+    usual "fewer candidates than budget" error."""
+    _available_count(torch.zeros(0, dtype=torch.bool, device=device), budget, allow_partial)
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return Selection(empty, empty, empty, torch.zeros(0, dtype=dtype, device=device))
 
 
 def _ranking(values: Tensor, available: Tensor) -> Tensor:
@@ -103,6 +114,7 @@ def _check_scores(scores: Tensor, cand: Tensor, ndim: int, validate_args: bool) 
         validate_finite(scores, "scores")
 
 
+@torch.no_grad()
 def topk(scores: Tensor, budget: int, *, candidates: Tensor, allow_partial: bool = False,
          validate_args: bool = True) -> tuple[Tensor, Tensor]:
     """The ``budget`` highest scores among candidates, in descending order; ties go to the lower index.
@@ -129,6 +141,7 @@ def topk(scores: Tensor, budget: int, *, candidates: Tensor, allow_partial: bool
     return index, scores[index]
 
 
+@torch.no_grad()
 def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, candidates: Tensor,
                      allow_partial: bool = False, validate_args: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """OREAL's Algorithm 1: each class takes its debt of highest-scoring candidates, rarest class first.
@@ -235,6 +248,7 @@ def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation:
     return per_class(probs, index, num_superpixels, "mean", lambda p, *_: binary_entropy(p))
 
 
+@torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values
 def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *, num_superpixels: int,
            exclude: Optional[Tensor] = None, aggregation: str = "max", class_mask: Optional[Tensor] = None,
            allow_partial: bool = False, validate_args: bool = True) -> Selection:
@@ -289,8 +303,12 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
     if exclude is not None:
         check_bool_tensor(exclude, "exclude", (n, num_superpixels))
         check_same_device(exclude, "exclude", sp_map, "sp_map")
+    check_real(probs, "probs")
     if validate_args:
         validate_probabilities(probs)
+    if probs.numel() == 0 and num_classes > 0:  # an empty pool (N = 0 or H * W = 0) has no candidates
+        class_debt(labeled_counts, budget, class_mask=class_mask, validate_args=validate_args)
+        return empty_selection(budget, allow_partial, probs.device, compute_dtype(probs))
     index = flat_index(sp_map, num_superpixels)  # once, for the scores and the candidates
     scores = _ovr_scores(probs, index, num_superpixels, aggregation)
     cand = _candidates(index, num_superpixels, exclude)

@@ -23,6 +23,7 @@ unknown options raise errors that say what was expected.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -34,6 +35,7 @@ from oreal._checks import (
     check_float,
     check_int,
     check_int_tensor,
+    check_real,
     check_same_device,
     check_shape,
     compute_dtype,
@@ -43,8 +45,16 @@ from oreal._checks import (
 )
 from oreal.aggregate import aggregate, check_sp_map, dominant_labels, flat_index, per_class, scatter_rows
 from oreal.balance import class_counts, class_debt
-from oreal.select import Selection, candidates, greedy_per_class, select, superpixel_ovr_entropy, topk
-from oreal.uncertainty import bald, balent, binary_entropy, bvsb, entropy, margin
+from oreal.select import (
+    Selection,
+    candidates,
+    empty_selection,
+    greedy_per_class,
+    select,
+    superpixel_ovr_entropy,
+    topk,
+)
+from oreal.uncertainty import _mean, bald, balent, binary_entropy, bvsb, entropy, margin
 
 __all__ = ["available", "requirements", "query", "register", "unregister", "Stream", "Pool", "class_mass",
            "class_mean"]
@@ -158,7 +168,7 @@ def _edge_weight(images: Tensor, alpha: float) -> Tensor:
     """``w(x) = 1 + alpha * e(x)``, ``e`` = Sobel gradient magnitude of the channel-mean image, divided by its
     per-image maximum (``e = 0`` on a flat image); replicate padding at the border. ``(N, H, W)`` float32."""
     x = images.float() if not images.is_floating_point() else images.to(compute_dtype(images))
-    gray = x.mean(1, keepdim=True) if x.ndim == 4 else x.unsqueeze(1)
+    gray = (_mean(x, 1) if x.ndim == 4 else x).unsqueeze(1)  # channel mean in index order: any layout
     # Sobel by slicing, not conv2d: conv2d's rounding depends on how many images it runs on, slices give the
     # same floats for an image whatever the batch (so oreal.stream reproduces the in-memory scores exactly).
     p = F.pad(gray, (1, 1, 1, 1), mode="replicate")[:, 0]
@@ -494,15 +504,28 @@ def resolve_options(name: str, aggregation: Optional[str], options: Dict[str, An
 
 
 def check_options(options: Dict[str, Any]) -> None:
-    """The numeric options of the strategies (``lam``, ``mu``, ``alpha``, ``temperature``) are numbers, and the
-    temperature is positive; shared by :func:`query` and :class:`oreal.stream.StreamingSelector`."""
-    for key in ("lam", "mu", "alpha", "temperature"):
-        if key in options:
-            value = options[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Expected option `{key}` to be a number, but got {type(value).__name__} {value!r}")
-            if key == "temperature" and not value > 0:
-                raise ValueError(f"Expected option `temperature` to be > 0, but got {value}")
+    """The strategies' option values, each in its range; shared by :func:`query` and
+    :class:`oreal.stream.StreamingSelector`.
+
+    ``lam``, ``mu``, ``alpha``: finite numbers ``>= 0`` (a negative weight inverts what the method ranks: balance
+    for ``lam``, the rare-class preference for ``mu``, the edge preference for ``alpha``; ``0`` switches the term
+    off). ``temperature``: a finite number ``> 0``. ``time_limit``: ``None`` (no limit) or a finite number of
+    seconds ``> 0``. ``max_candidates``: an integer ``>= 1``.
+    """
+    for key, positive in (("lam", False), ("mu", False), ("alpha", False), ("temperature", True),
+                          ("time_limit", True)):
+        if key not in options or (key == "time_limit" and options[key] is None):
+            continue
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            none = " or None" if key == "time_limit" else ""
+            raise TypeError(f"Expected option `{key}` to be a number{none}, but got {type(value).__name__} "
+                            f"{value!r}")
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            raise ValueError(f"Expected option `{key}` to be a finite number {'> 0' if positive else '>= 0'}, "
+                             f"but got {value}")
+    if "max_candidates" in options:
+        check_int(options["max_candidates"], "max_candidates", minimum=1)
 
 
 # ----------------------------------------------------------------------------------------------------- registry
@@ -767,7 +790,7 @@ def check_pool_input(x: Tensor, name: str, spatial: tuple, sp_map: Tensor, strat
     check_same_device(x, name, sp_map, "sp_map")
     if (name == "logits" or (name == "probs" and strategy in ("bvsb", "margin", "revisiting_sp"))) and x.shape[1] < 2:
         raise ValueError(f"Strategy {strategy!r} needs at least 2 classes, but `{name}` has shape {tuple(x.shape)}")
-    if name == "mc_probs" and strategy in ("balent", "balent_pixel") and x.shape[1] < 2:
+    if name == "mc_probs" and strategy in ("bald", "balent", "balent_pixel") and x.shape[1] < 2:
         raise ValueError(f"Strategy {strategy!r} needs at least K = 2 MC samples in dim 1 of `mc_probs`, but got "
                          f"shape {tuple(x.shape)}")
     if validate_args:
@@ -777,6 +800,7 @@ def check_pool_input(x: Tensor, name: str, spatial: tuple, sp_map: Tensor, strat
             validate_finite(x, name)
 
 
+@torch.no_grad()  # acquisition never needs gradients: inputs that require grad are read as plain values
 def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs: Optional[Tensor] = None,
           logits: Optional[Tensor] = None, mc_probs: Optional[Tensor] = None, images: Optional[Tensor] = None,
           labeled_counts: Optional[Tensor] = None, exclude: Optional[Tensor] = None,
@@ -883,8 +907,14 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
         check_same_device(exclude, "exclude", sp_map, "sp_map")
     check_options(opts)
 
+    check_real(sp_map, "sp_map")
     pool = _Pool(sp_map, num_superpixels, budget, probs, logits, mc_probs, images, labeled_counts, exclude,
                  generator, bool(allow_partial))
+    if sp_map.numel() == 0:  # an empty pool (N = 0 or H * W = 0): no candidates, nothing to score
+        _check_class_mask(opts.get("class_mask"), pool)
+        main = next((given[k] for k in ("probs", "logits", "mc_probs") if k in use), None)
+        dtype = compute_dtype(main) if main is not None else torch.get_default_dtype()
+        return empty_selection(budget, pool.allow_partial, sp_map.device, dtype)
     if spec.aggregations:
         return spec.fn(pool, aggregation, **opts)
     return spec.fn(pool, None, **opts)

@@ -49,6 +49,7 @@ unless the pool divides evenly): a repeated image found in two ranks' candidates
 
 from __future__ import annotations
 
+import numbers
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -342,6 +343,7 @@ class StreamingSelector:
 
     # ------------------------------------------------------------------------------------------------ update
 
+    @torch.no_grad()  # acquisition never needs gradients (as in query and select)
     def update(self, probs: Optional[Tensor] = None, *, sp_map: Tensor,
                image_ids: Union[Tensor, Sequence[int]], logits: Optional[Tensor] = None,
                mc_probs: Optional[Tensor] = None, images: Optional[Tensor] = None,
@@ -382,6 +384,9 @@ class StreamingSelector:
         if self.validate_args:  # the values, as query checks them
             for name in self.inputs:
                 check_pool_input(given[name], name, (n, h, w), sp_map, self.strategy, validate_args=True)
+        if sp_map.numel() == 0:  # images without pixels: no candidates, no statistics, nothing to score
+            self.seen.add(ids_cpu)
+            return
         given = {name: given[name] for name in self.inputs}
         ids = ids_cpu.to(sp_map.device)
         if self.spec.kind == "per_class":
@@ -395,10 +400,17 @@ class StreamingSelector:
     def _check_ids(self, image_ids: Union[Tensor, Sequence[int]], n: int, unit: int) -> Tensor:
         if not isinstance(image_ids, Tensor):
             try:
-                image_ids = torch.as_tensor(list(image_ids), dtype=torch.long)
-            except (TypeError, ValueError, RuntimeError) as err:
+                values = list(image_ids)
+            except TypeError as err:
                 raise TypeError(f"Expected `image_ids` to be a Tensor[n] or a sequence of ints, but got "
                                 f"{type(image_ids).__name__}") from err
+            # Integers only: floats, bools and float arrays are refused, not truncated.
+            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)), None)
+            if bad is not None:
+                raise TypeError(f"Expected `image_ids` to be integers, but got {type(bad).__name__} {bad!r}")
+            if values and max(abs(int(v)) for v in values) > _SENTINEL:
+                raise ValueError(f"Expected `image_ids` to fit in int64, but got {max(values, key=abs)}")
+            image_ids = torch.as_tensor(values, dtype=torch.long)
         check_int_tensor(image_ids, "image_ids", ndim=1)
         check_shape(image_ids, "image_ids", (n,), "= (n,) to match sp_map")
         ids = image_ids.long().cpu()  # the duplicate check runs on the host anyway
@@ -599,6 +611,7 @@ class StreamingSelector:
 
     # ------------------------------------------------------------------------------------------------ compute
 
+    @torch.no_grad()
     def compute(self, *, allow_partial: bool = False) -> Selection:
         """The selection over every batch given so far (a collective when ``distributed``).
 

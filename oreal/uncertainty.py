@@ -4,7 +4,9 @@ Every function takes probabilities with the class dimension at position 1, ``(N,
 the MC-sample scores), and returns one score per pixel, ``(N, *)``, except :func:`ovr_entropy`, which keeps a
 column per class. Half-precision inputs are computed and returned in float32; float64 stays float64. Natural
 logs with ``0 * ln 0 = 0`` throughout (:func:`torch.special.xlogy`), so probabilities of exactly 0 or 1 never
-give NaN. All functions are deterministic and never modify their input.
+give NaN. All functions are deterministic and never modify their input; sums over classes and samples add in
+index order, so equal values give bit-identical scores whatever the memory layout (contiguous, channels_last,
+any strides) or batch size.
 """
 
 from __future__ import annotations
@@ -29,8 +31,27 @@ def _probs(probs: Tensor, name: str, validate_args: bool, *, min_classes: int = 
     return probs.to(compute_dtype(probs))
 
 
+def _sum(x: Tensor, dim: int) -> Tensor:
+    """Sum over ``dim`` adding the slices one after the other, in index order.
+
+    ``Tensor.sum`` picks its addition order from the memory layout (a channels_last tensor reduces its class
+    dimension as the innermost one, in vectorised partial sums), so the same values could give scores one ulp
+    apart, and different picks, for different strides. Slice-by-slice addition is elementwise: the same floats
+    for every layout, batch size and blocking.
+    """
+    out = x.select(dim, 0).clone()
+    for i in range(1, x.shape[dim]):
+        out += x.select(dim, i)
+    return out
+
+
+def _mean(x: Tensor, dim: int) -> Tensor:
+    """Mean over ``dim``, with :func:`_sum`'s layout-independent addition order."""
+    return _sum(x, dim) / x.shape[dim]
+
+
 def _entropy(p: Tensor, dim: int) -> Tensor:
-    return 0 - torch.special.xlogy(p, p).sum(dim)  # 0 - x, not -x: no -0.0 for certain pixels
+    return 0 - _sum(torch.special.xlogy(p, p), dim)  # 0 - x, not -x: no -0.0 for certain pixels
 
 
 def binary_entropy(p: Tensor) -> Tensor:
@@ -139,7 +160,8 @@ def bald(mc_probs: Tensor, *, validate_args: bool = True) -> Tensor:
     """BALD mutual information from ``K`` MC-dropout samples: ``H(mean_k p_k) - mean_k H(p_k)``, in ``[0, ln C]``.
 
     Args:
-        mc_probs (Tensor[N, K, C, *]): softmax probabilities of ``K`` stochastic forward passes.
+        mc_probs (Tensor[N, K, C, *]): softmax probabilities of ``K >= 2`` stochastic forward passes (one sample
+            has no disagreement to measure: BALD would be 0 everywhere, so ``K = 1`` is refused).
         validate_args: check the probabilities (host sync).
 
     Returns:
@@ -150,11 +172,24 @@ def bald(mc_probs: Tensor, *, validate_args: bool = True) -> Tensor:
         >>> bald(mc)
         tensor([0.6931])
     """
+    p = _mc_probs(mc_probs, validate_args)
+    return _entropy(_mean(p, 1), 1) - _mean(_entropy(p, 2), 1)
+
+
+def _mc_probs(mc_probs: Tensor, validate_args: bool) -> Tensor:
     p = _probs(mc_probs, "mc_probs", validate_args, dim=2)
-    return _entropy(p.mean(1), 1) - _entropy(p, 2).mean(1)
+    if p.shape[1] < 2:
+        raise ValueError(f"Expected `mc_probs` to hold at least K = 2 samples in dim 1 (MC samples measure "
+                         f"disagreement), but got shape {tuple(mc_probs.shape)}")
+    return p
 
 
 _BALENT_EPS = 1e-9
+# The formula is clipped to [-1e30, 1e30]: it leaves that range (up to +-inf or NaN) only at its poles,
+# beta_c = 0 (sigma^2_c = mu_c (1 - mu_c)) and mu_c = 1. Pixels whose MC samples all agree score _BALENT_AGREE,
+# below every clipped value and finite in float32; sums of millions of them stay finite in float32 as well.
+_BALENT_CLIP = 1e30
+_BALENT_AGREE = -2e30
 
 
 def balent(mc_probs: Tensor, *, validate_args: bool = True) -> Tensor:
@@ -169,27 +204,36 @@ def balent(mc_probs: Tensor, *, validate_args: bool = True) -> Tensor:
         H = -sum_c mu_c ln mu_c,   MJEnt = sum_c min(0, mu_c h_c) + H
         BalEnt = (H + ln 2) / (MJEnt + H), replaced by its reciprocal where it is negative.
 
+    Limits **(ours)**, SPEC §1: a pixel whose samples all agree (every sample the same vector, or every sample
+    giving some class probability 1, as float32 softmax does once a logit gap passes about 17) is the least
+    informative: it scores ``-2e30``, finite and below every pixel with any disagreement. The formula itself is
+    clipped to ``[-1e30, 1e30]``; it leaves that range (towards +-inf or NaN) only at its poles
+    (``beta_c = 0``, ``mu_c = 1``). Unlike the authors' ``balentacq`` there is no ``+1e-32`` on the Beta function
+    (see ``docs/math.md``).
+
     Args:
         mc_probs (Tensor[N, K, C, *]): softmax probabilities of ``K`` stochastic forward passes.
         validate_args: check the probabilities (host sync).
 
     Returns:
-        Tensor[N, *]: float32 (float64 for float64 input). Real-valued, not bounded.
+        Tensor[N, *]: float32 (float64 for float64 input). Real-valued, in ``[-1e30, 1e30]`` or ``-2e30``.
 
     Example:
         >>> g = torch.Generator().manual_seed(42)
         >>> mc = torch.randn(1, 4, 3, 2, 2, generator=g).softmax(dim=2)
         >>> balent(mc).shape
         torch.Size([1, 2, 2])
+        >>> balent(torch.tensor([[[0.53, 0.47], [0.47, 0.53]], [[1.0, 0.0], [1.0, 0.0]]]))  # 2 pixels, K = 2
+        tensor([-2.5853e-01, -2.0000e+30])
     """
-    p = _probs(mc_probs, "mc_probs", validate_args, dim=2)
-    if p.shape[1] < 2:
-        raise ValueError(f"Expected `mc_probs` to hold at least K = 2 samples in dim 1 (the variance needs two), "
-                         f"but got shape {tuple(mc_probs.shape)}")
+    p = _mc_probs(mc_probs, validate_args)
     out_dtype = p.dtype
     p = p.double()
-    mu = p.mean(1).clamp_min(_BALENT_EPS)
-    var = p.var(1, correction=1).clamp_min(_BALENT_EPS)
+    lo, hi = p.amin(1), p.amax(1)  # (N, C, *): exact, whatever the layout
+    agree = (lo == hi).all(1) | (lo >= 1).any(1)
+    mu = _mean(p, 1)
+    var = _sum((p - mu.unsqueeze(1)).square(), 1) / (p.shape[1] - 1)
+    mu, var = mu.clamp_min(_BALENT_EPS), var.clamp_min(_BALENT_EPS)
     alpha = mu.square() * (1 - mu) / var - mu
     beta = (1 / mu - 1) * alpha
     a1 = alpha + 1
@@ -197,7 +241,8 @@ def balent(mc_probs: Tensor, *, validate_args: bool = True) -> Tensor:
     h = (log_b - alpha * torch.digamma(a1) - (beta - 1) * torch.digamma(beta)
          + (alpha + beta - 1) * torch.digamma(alpha + beta + 1))
     ent = _entropy(mu, 1)
-    mjent = torch.clamp_max(mu * h, 0).sum(1) + ent
+    mjent = _sum(torch.clamp_max(mu * h, 0), 1) + ent
     score = (ent + math.log(2)) / (mjent + ent)
     score = torch.where(score < 0, 1 / score, score)
-    return score.to(out_dtype)
+    score = torch.where(score > -_BALENT_CLIP, score.clamp_max(_BALENT_CLIP), -_BALENT_CLIP)  # NaN -> -1e30
+    return torch.where(agree, _BALENT_AGREE, score).to(out_dtype)

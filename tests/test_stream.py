@@ -436,7 +436,7 @@ def test_distributed_gloo_two_processes(tmp_path):
 
 
 @pytest.mark.parametrize("options, error, match", [
-    ({"temperature": 0.0}, ValueError, r"`temperature` to be > 0, but got 0.0"),
+    ({"temperature": 0.0}, ValueError, r"`temperature` to be a finite number > 0, but got 0.0"),
     ({"mu": "6"}, TypeError, r"`mu` to be a number, but got str"),
 ])
 def test_bad_option_values_are_rejected_at_construction(options, error, match):

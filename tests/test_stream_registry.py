@@ -321,3 +321,29 @@ def test_toys_distributed_gloo_with_an_empty_rank(tmp_path, toys):
             ref = run_query(name, pool, 5, 7)
             assert_same(oreal.Selection(*out[name]), ref)
             assert_same(oreal.Selection(*out[name + "_one_rank"]), ref)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in streamable() if not strategies.requirements(n)["pixels"]))
+def test_images_without_pixels_add_nothing(name):
+    """A batch of images with H * W = 0 adds its ids and no candidate: the result is that of the other images.
+    (Pixel-level strategies need one H, W for every batch.)"""
+    pool = make_pool(3, 3, 4, 4, 5, seed=6)
+    empty = make_pool(2, 3, 0, 4, 5, seed=6)
+    kw = {"seed": 1} if name == "random" else {}
+    sel = StreamingSelector(name, num_superpixels=5, budget=4, labeled_counts=pool["counts"], **kw)
+    keys = ("probs", "logits", "mc_probs", "images", "sp_map")
+    for p in range(sel.num_passes):
+        if p:
+            sel.next_pass()
+        sel.update(**{k: empty[k] for k in keys}, image_ids=[3, 4])
+        sel.update(**{k: pool[k] for k in keys}, image_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="already given"):
+        sel.update(**{k: empty[k][:1] for k in keys}, image_ids=[4])
+    if name == "random":  # the keyed draw: the top keys of the candidates
+        cand = oreal.candidates(pool["sp_map"], 5).reshape(-1)
+        index, value = oreal.topk(oreal.stream.keyed_uniform(torch.arange(15), 1), 4, candidates=cand)
+        ref = oreal.Selection(index // 5, index % 5, torch.full_like(index, -1), value)
+    else:
+        ref = strategies.query(name, **{k: pool[k] for k in keys}, num_superpixels=5, budget=4,
+                               labeled_counts=pool["counts"])
+    assert_same(sel.compute(), ref)

@@ -582,6 +582,8 @@ class _Strategy(NamedTuple):
     options: Dict[str, Any]  # option name -> default
     stream: Union[Stream, str, None] = None  # how it streams, or why it cannot (str); None: not declared
     pixels: bool = False  # picks single pixels (index h * W + w, exclude Tensor[N, H, W]) instead of superpixels
+    min_classes: int = 1  # classes C that `probs` / `logits` must have
+    min_samples: int = 1  # MC samples K that `mc_probs` must have
 
 
 _MM = ("max", "mean")
@@ -605,14 +607,14 @@ _REGISTRY: Dict[str, _Strategy] = {
     "entropy": _Strategy(_uncertainty(entropy), "top-B superpixel entropy -sum p ln p (max or mean over pixels)",
                          ("probs",), _MEAN_FIRST, {}, _TOP_B),
     "bvsb": _Strategy(_uncertainty(bvsb), "top-B superpixel best-versus-second-best ratio p2/p1",
-                      ("probs",), _MEAN_FIRST, {}, _TOP_B),
+                      ("probs",), _MEAN_FIRST, {}, _TOP_B, min_classes=2),
     "margin": _Strategy(_uncertainty(margin), "top-B superpixel flipped margin 1 - (p1 - p2)",
-                        ("probs",), _MEAN_FIRST, {}, _TOP_B),
+                        ("probs",), _MEAN_FIRST, {}, _TOP_B, min_classes=2),
     "revisiting_sp": _Strategy(_revisiting_sp, "Cai et al. 2021: pool-normalised BvSB x exp(-predicted class "
-                               "frequency)", ("probs",), _MEAN_FIRST, {}, _REVISITING_STATS),
+                               "frequency)", ("probs",), _MEAN_FIRST, {}, _REVISITING_STATS, min_classes=2),
     "pixelbal": _Strategy(_pixelbal, "Hwang et al. 2023: BvSB weighted by (1 + mu p_bar)^-2 of the pixel's "
                           "predicted class, p_bar = pool mean softmax(logits / T)", ("logits",), _MEAN_FIRST,
-                          {"temperature": 0.1, "mu": 6.0}, _PIXELBAL_STATS),
+                          {"temperature": 0.1, "mu": 6.0}, _PIXELBAL_STATS, min_classes=2),
     "cbal": _Strategy(_cbal, "Bengar et al. 2022, greedy surrogate: entropy - lam |mean p - debt / B|_1",
                       ("probs", "labeled_counts"), _MEAN_FIRST, {"lam": 2.0, "class_mask": None}, _TOP_B),
     "cbal_milp": _Strategy(_cbal_milp, "Bengar et al. 2022, exact MIP (scipy milp): min z.U + lam |P^T z - debt|_1",
@@ -624,11 +626,12 @@ _REGISTRY: Dict[str, _Strategy] = {
     "oreal_mean": _Strategy(_oreal, "OREAL ablation with mean aggregation of the one-vs-rest entropy",
                             ("probs", "labeled_counts"), ("mean",), {"class_mask": None}, _OREAL_COLUMNS),
     "bald": _Strategy(_mc(bald), "top-B superpixel BALD mutual information from K MC-dropout samples",
-                      ("mc_probs",), _MEAN_FIRST, {}, _TOP_B),
+                      ("mc_probs",), _MEAN_FIRST, {}, _TOP_B, min_samples=2),
     "balent": _Strategy(_mc(balent), "top-B superpixel Balanced Entropy (Woo 2023) from K MC-dropout samples",
-                        ("mc_probs",), _MEAN_FIRST, {}, _TOP_B),
+                        ("mc_probs",), _MEAN_FIRST, {}, _TOP_B, min_samples=2),
     "balent_pixel": _Strategy(_balent_pixel, "Didari et al. 2024: top-B single pixels by Balanced Entropy "
-                              "(superpixel = flat pixel index h*W+w)", ("mc_probs",), (), {}, _TOP_B, pixels=True),
+                              "(superpixel = flat pixel index h*W+w)", ("mc_probs",), (), {}, _TOP_B, pixels=True,
+                              min_samples=2),
     "edge_entropy": _Strategy(_edge_entropy, "Kasarla et al. 2019: entropy x (1 + alpha * normalised image "
                               "gradient)", ("probs", "images"), _MEAN_FIRST, {"alpha": 1.0}, _TOP_B),
     "edge_entropy_class": _Strategy(_edge_entropy_class, "class-specific edge entropy: edge-weighted one-vs-rest "
@@ -643,7 +646,8 @@ DEFAULT = "oreal"
 
 def register(name: str, fn: Callable[..., Selection], *, summary: str, requires: Sequence[str],
              aggregations: Sequence[str] = ("mean", "max"), options: Optional[Dict[str, Any]] = None,
-             stream: Union[Stream, str, None] = None, pixels: bool = False) -> None:
+             stream: Union[Stream, str, None] = None, pixels: bool = False, min_classes: int = 1,
+             min_samples: int = 1) -> None:
     """Add strategy ``name``: :func:`query` runs it, and with ``stream`` :class:`oreal.stream.StreamingSelector`
     streams it; nothing else needs to know it. ``docs/streaming.md`` ("Adding a strategy") has the contract.
 
@@ -659,6 +663,8 @@ def register(name: str, fn: Callable[..., Selection], *, summary: str, requires:
         stream: a :class:`Stream` saying how it streams; a string saying why it cannot; ``None``: not streamed.
         pixels: it picks single pixels (``superpixel`` = ``h * W + w``, ``exclude`` is ``Tensor[N, H, W]``); only
             without aggregations, and not with a ``"per_class"`` stream.
+        min_classes: the classes ``C >= 1`` that ``probs`` / ``logits`` must have (e.g. 2 for a BvSB ratio).
+        min_samples: the MC samples ``K >= 1`` that ``mc_probs`` must have.
 
     Example:
         >>> import oreal
@@ -687,6 +693,8 @@ def register(name: str, fn: Callable[..., Selection], *, summary: str, requires:
     if any(a not in ("max", "mean") for a in aggregations) or len(set(aggregations)) < len(aggregations):
         raise ValueError(f"Expected `aggregations` to be distinct values of ('max', 'mean'), but got {aggregations}")
     options = dict(options or {})
+    min_classes = check_int(min_classes, "min_classes", minimum=1)
+    min_samples = check_int(min_samples, "min_samples", minimum=1)
     if pixels and aggregations:
         raise ValueError(f"A pixel-level strategy has no aggregation; expected aggregations=(), but got "
                          f"{aggregations}")
@@ -695,7 +703,8 @@ def register(name: str, fn: Callable[..., Selection], *, summary: str, requires:
     elif stream is not None and not isinstance(stream, str):
         raise TypeError(f"Expected `stream` to be an oreal.strategies.Stream, a str (why it cannot stream) or None, "
                         f"but got {type(stream).__name__}")
-    _REGISTRY[name] = _Strategy(fn, str(summary), requires, aggregations, options, stream, bool(pixels))
+    _REGISTRY[name] = _Strategy(fn, str(summary), requires, aggregations, options, stream, bool(pixels), min_classes,
+                                min_samples)
 
 
 def _check_stream(stream: Stream, requires: Tuple[str, ...], options: Dict[str, Any], pixels: bool) -> None:
@@ -788,11 +797,13 @@ def check_pool_input(x: Tensor, name: str, spatial: tuple, sp_map: Tensor, strat
     if got != tuple(spatial):
         raise ValueError(f"`{name}` must have N, H, W = {tuple(spatial)} to match sp_map, got shape {tuple(x.shape)}")
     check_same_device(x, name, sp_map, "sp_map")
-    if (name == "logits" or (name == "probs" and strategy in ("bvsb", "margin", "revisiting_sp"))) and x.shape[1] < 2:
-        raise ValueError(f"Strategy {strategy!r} needs at least 2 classes, but `{name}` has shape {tuple(x.shape)}")
-    if name == "mc_probs" and strategy in ("bald", "balent", "balent_pixel") and x.shape[1] < 2:
-        raise ValueError(f"Strategy {strategy!r} needs at least K = 2 MC samples in dim 1 of `mc_probs`, but got "
-                         f"shape {tuple(x.shape)}")
+    spec = _lookup(strategy)
+    if name in ("probs", "logits") and x.shape[1] < spec.min_classes:
+        raise ValueError(f"Strategy {strategy!r} needs at least {spec.min_classes} classes, but `{name}` has shape "
+                         f"{tuple(x.shape)}")
+    if name == "mc_probs" and x.shape[1] < spec.min_samples:
+        raise ValueError(f"Strategy {strategy!r} needs at least K = {spec.min_samples} MC samples in dim 1 of "
+                         f"`mc_probs`, but got shape {tuple(x.shape)}")
     if validate_args:
         if name in ("probs", "mc_probs"):
             validate_probabilities(x, name, dim=2 if name == "mc_probs" else 1)

@@ -250,6 +250,8 @@ BAD_REGISTRATIONS = [
     (dict(stream=Stream("pool_stats", score=_pixel_score)), ValueError, r"\['stats', 'reduce', 'neutral'\]"),
     (dict(stream=Stream("pool_stats", reduce={"lo": "mean"}, **_STATS)), ValueError, "Stream.reduce"),
     (dict(stream=3), TypeError, "Stream"),
+    (dict(min_classes=0), ValueError, "min_classes"),
+    (dict(min_samples=1.5), TypeError, "min_samples"),
 ]
 
 
@@ -347,3 +349,22 @@ def test_images_without_pixels_add_nothing(name):
         ref = strategies.query(name, **{k: pool[k] for k in keys}, num_superpixels=5, budget=4,
                                labeled_counts=pool["counts"])
     assert_same(sel.compute(), ref)
+
+
+def test_declared_minimum_classes_are_checked_by_query_and_stream():
+    """An entry's min_classes is enforced on `probs` by query and by every stream update alike."""
+    probs = torch.ones(2, 1, 3, 3)
+    sp = torch.zeros(2, 3, 3, dtype=torch.long)
+    strategies.register("toy_two_classes", _top, summary="needs 2 classes", requires=("probs",), min_classes=2,
+                        stream=Stream("top_b"))
+    try:
+        message = r"Strategy 'toy_two_classes' needs at least 2 classes, but `probs` has shape \(2, 1, 3, 3\)"
+        with pytest.raises(ValueError, match=message):
+            strategies.query("toy_two_classes", probs=probs, sp_map=sp, num_superpixels=1, budget=1)
+        with pytest.raises(ValueError, match=message):
+            StreamingSelector("toy_two_classes", num_superpixels=1, budget=1).update(probs=probs, sp_map=sp,
+                                                                                      image_ids=[0, 1])
+        assert strategies.query("toy_two_classes", probs=torch.full((2, 2, 3, 3), 0.5), sp_map=sp,
+                                num_superpixels=1, budget=1).image.numel() == 1
+    finally:
+        strategies.unregister("toy_two_classes")

@@ -38,6 +38,7 @@ def class_counts(labels: Tensor, num_classes: int, *, validate_args: bool = True
     """
     check_int_tensor(labels, "labels")
     num_classes = check_int(num_classes, "num_classes", minimum=1)
+    check_real(labels, "labels")
     if validate_args and labels.numel() and bool((labels >= num_classes).any()):
         raise ValueError(f"Expected `labels` to hold class ids < num_classes = {num_classes} (or negative for "
                          f"none), but found {int(labels.max())}")

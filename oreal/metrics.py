@@ -108,9 +108,9 @@ def _real_vector(x: object, name: str) -> Tensor:
         values = list(x)  # type: ignore[call-overload]
     except TypeError as err:
         raise TypeError(f"Expected `{name}` to be a sequence of numbers, but got {type(x).__name__}") from err
-    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)), None)
-    if bad is not None:
-        raise TypeError(f"Expected `{name}` to hold real numbers, but got {type(bad).__name__} {bad!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"Expected `{name}` to hold real numbers, but got {type(v).__name__} {v!r}")
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
 

@@ -261,7 +261,9 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
        candidates (non-empty, not excluded, not taken this round); ties to the lower ``g = n * S + s``.
 
     Deterministic; one host sync for the number of picks (plus the checks under ``validate_args``). Peak extra
-    memory is a few ``(N, H, W)`` planes, not a copy of ``probs``.
+    memory is a few ``(N, H, W)`` planes, not a copy of ``probs``. Runs under ``torch.no_grad()``: ``probs`` that
+    require grad give the same picks and a score without a graph. An empty pool (``N = 0`` or ``H * W = 0``) gives
+    an empty Selection for ``budget = 0`` and the "fewer candidates" error otherwise.
 
     Args:
         probs (Tensor[N, C, H, W]): softmax probabilities (float16/bfloat16 are computed in float32).

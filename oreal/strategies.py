@@ -820,7 +820,8 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
     """Run acquisition strategy ``name`` on a pool and return its picks.
 
     All strategies share this signature; each uses only the inputs it needs (see :func:`requirements` and
-    ``docs/strategies.md``) and ignores the others. Strategies (``aggregation`` default first):
+    ``docs/strategies.md``) and ignores the others. Runs under ``torch.no_grad()`` (inputs that require grad give
+    the same picks); an empty pool (``N = 0`` or ``H * W = 0``) has no candidates. Strategies (``aggregation`` default first):
 
     ============================  =================================================  ====================
     name                          inputs                                             aggregation
@@ -838,8 +839,9 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
     edge_entropy_class            probs, images, labeled_counts                      mean, max
     ============================  =================================================  ====================
 
-    Options (keyword arguments, SPEC defaults): pixelbal ``temperature=0.1, mu=6.0`` (12 for VOC); cbal
-    ``lam=2.0``; cbal_milp ``lam=0.6, max_candidates=2000, time_limit=60.0`` (seconds; ``None`` = no limit);
+    Options (keyword arguments, SPEC defaults; ranges in :func:`check_options`): pixelbal ``temperature=0.1,
+    mu=6.0`` (12 for VOC); cbal ``lam=2.0``; cbal_milp ``lam=0.6, max_candidates=2000, time_limit=60.0``
+    (seconds; ``None`` = no limit);
     oreal, oreal_mean, cbal, cbal_milp and edge_entropy_class ``class_mask=None`` (``Tensor[C]`` bool,
     ``False`` leaves a class out of balancing); edge_entropy and edge_entropy_class ``alpha=1.0``.
 

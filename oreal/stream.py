@@ -72,6 +72,7 @@ from oreal._checks import (
     check_choice,
     check_int,
     check_int_tensor,
+    check_real,
     check_same_device,
     check_shape,
     compute_dtype,
@@ -378,6 +379,7 @@ class StreamingSelector:
             check_bool_tensor(exclude, "exclude", shape)
             check_same_device(exclude, "exclude", sp_map, "sp_map")
         self._check_consistent(sp_map, given, h, w)
+        check_real(sp_map, "sp_map")
         self.seen.check(ids_cpu)
         if n == 0:
             return
@@ -405,9 +407,9 @@ class StreamingSelector:
                 raise TypeError(f"Expected `image_ids` to be a Tensor[n] or a sequence of ints, but got "
                                 f"{type(image_ids).__name__}") from err
             # Integers only: floats, bools and float arrays are refused, not truncated.
-            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)), None)
-            if bad is not None:
-                raise TypeError(f"Expected `image_ids` to be integers, but got {type(bad).__name__} {bad!r}")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+                    raise TypeError(f"Expected `image_ids` to be integers, but got {type(v).__name__} {v!r}")
             if values and max(abs(int(v)) for v in values) > _SENTINEL:
                 raise ValueError(f"Expected `image_ids` to fit in int64, but got {max(values, key=abs)}")
             image_ids = torch.as_tensor(values, dtype=torch.long)

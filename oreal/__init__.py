@@ -23,6 +23,7 @@ from oreal.select import Selection, candidates, greedy_per_class, select, superp
 from oreal.uncertainty import bald, balent, binary_entropy, bvsb, entropy, margin, ovr_entropy
 from oreal import strategies  # noqa: E402,F401  (oreal.strategies.query, oreal.strategies.available)
 from oreal import stream  # noqa: E402,F401  (oreal.stream.StreamingSelector; imports strategies)
+from oreal import crf  # noqa: E402,F401  (oreal.crf.crf_refine)
 
 __version__ = "0.1.0"
 

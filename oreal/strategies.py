@@ -23,7 +23,7 @@ unknown options raise errors that say what was expected.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +43,11 @@ from oreal._checks import (
 )
 from oreal.aggregate import aggregate, check_sp_map, dominant_labels, flat_index, per_class, scatter_rows
 from oreal.balance import class_counts, class_debt
-from oreal.select import Selection, candidates, greedy_per_class, select, topk
+from oreal.select import Selection, candidates, greedy_per_class, select, superpixel_ovr_entropy, topk
 from oreal.uncertainty import bald, balent, binary_entropy, bvsb, entropy, margin
 
-__all__ = ["available", "requirements", "query", "class_mass", "class_mean"]
+__all__ = ["available", "requirements", "query", "register", "unregister", "Stream", "Pool", "class_mass",
+           "class_mean"]
 
 # Pixel scores are computed on blocks of whole images of at most this many input elements, so the temporaries
 # of a score (e.g. ``p ln p`` of a block) never reach the size of the whole pool.
@@ -63,7 +64,9 @@ _INPUT_SHAPES = {
 
 
 class _Pool(NamedTuple):
-    """The validated inputs of one :func:`query` call."""
+    """The validated inputs of one :func:`query` call, or of one batch of :class:`oreal.stream.StreamingSelector`
+    (then ``budget`` is the stream's, ``allow_partial`` is True, and ``image_ids`` (``Tensor[N]`` int64, ascending)
+    and ``seed`` are set). A strategy's functions (:func:`register`) read the inputs they require from it."""
 
     sp_map: Tensor
     num_superpixels: int
@@ -76,6 +79,8 @@ class _Pool(NamedTuple):
     exclude: Optional[Tensor]
     generator: Optional[torch.Generator]
     allow_partial: bool
+    image_ids: Optional[Tensor] = None
+    seed: Optional[int] = None
 
     @property
     def index(self) -> Tensor:
@@ -84,6 +89,12 @@ class _Pool(NamedTuple):
     def candidates(self) -> Tensor:
         """Flat ``(N * S,)`` bool: non-empty and not excluded."""
         return candidates(self.sp_map, self.num_superpixels, self.exclude, validate_args=False).reshape(-1)
+
+
+#: The public name of the inputs a strategy's functions get (fields: ``sp_map``, ``num_superpixels``, ``budget``,
+#: ``probs``, ``logits``, ``mc_probs``, ``images``, ``labeled_counts``, ``exclude``, ``generator``,
+#: ``allow_partial``, ``image_ids``, ``seed``; ``index`` and ``candidates()`` as above).
+Pool = _Pool
 
 
 # ----------------------------------------------------------------------------------------------------- helpers
@@ -214,6 +225,36 @@ def class_mean(mass: Tensor, pixels: Tensor, dtype: torch.dtype) -> Tensor:
     return (total / pixels.clamp_min(1).double()).to(dtype)
 
 
+def keyed_uniform(g: Tensor, seed: int) -> Tensor:
+    """A uniform key in ``[0, 1)`` (float64, 53 bits) for each global index ``g``: SplitMix64 of ``g`` mixed with
+    ``seed``. Deterministic on every device; the streamed ``random`` strategy ranks candidates by it.
+
+    Example:
+        >>> k = keyed_uniform(torch.arange(4), seed=0)
+        >>> bool(((k >= 0) & (k < 1)).all()), torch.equal(k, keyed_uniform(torch.arange(4), seed=0))
+        (True, True)
+    """
+
+    def shr(x: Tensor, k: int) -> Tensor:  # logical shift right of int64 bit patterns
+        return (x >> k) & ((1 << (64 - k)) - 1)
+
+    def signed(u: int) -> int:
+        return u - (1 << 64) if u >= (1 << 63) else u
+
+    x = g.long() ^ signed((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (1 << 64))
+    x = x + signed(0x9E3779B97F4A7C15)
+    x = (x ^ shr(x, 30)) * signed(0xBF58476D1CE4E5B9)
+    x = (x ^ shr(x, 27)) * signed(0x94D049BB133111EB)
+    x = x ^ shr(x, 31)
+    return shr(x, 11).double() * 2.0 ** -53
+
+
+def _random_keys(pool: _Pool, aggregation: Optional[str]) -> Tensor:
+    """The streamed ``random``: :func:`keyed_uniform` of every superpixel's global index, ``(n, S)`` float64."""
+    s = pool.num_superpixels
+    return keyed_uniform(pool.image_ids[:, None] * s + torch.arange(s, device=pool.image_ids.device), pool.seed)
+
+
 def _random(pool: _Pool, aggregation: Optional[str]) -> Selection:
     gen = pool.generator
     n, s = pool.sp_map.shape[0], pool.num_superpixels
@@ -260,6 +301,22 @@ def revisiting_score(u: Tensor, dom: Tensor, stats: Dict[str, Tensor]) -> Tensor
     return u_norm * torch.exp(-freq[dom.clamp_min(0)])
 
 
+def _revisiting_stream_stats(pool: _Pool, aggregation: str) -> Dict[str, Tensor]:
+    u, dom = revisiting_terms(pool.probs, pool.sp_map, pool.num_superpixels, aggregation)
+    cand = candidates(pool.sp_map, pool.num_superpixels, pool.exclude, validate_args=False)
+    return revisiting_stats(u, dom, cand, pool.probs.shape[1])
+
+
+def _revisiting_stream_score(pool: _Pool, aggregation: str, stats: Dict[str, Tensor]) -> Tensor:
+    u, dom = revisiting_terms(pool.probs, pool.sp_map, pool.num_superpixels, aggregation)
+    return revisiting_score(u, dom, stats)
+
+
+def _revisiting_neutral(num_classes: int, dtype: torch.dtype) -> Dict[str, Tensor]:
+    return {"lo": torch.tensor(float("inf"), dtype=dtype), "hi": torch.tensor(float("-inf"), dtype=dtype),
+            "counts": torch.zeros(num_classes, dtype=torch.long), "cand": torch.zeros((), dtype=torch.long)}
+
+
 def _revisiting_sp(pool: _Pool, aggregation: str) -> Selection:
     u, dom = revisiting_terms(pool.probs, pool.sp_map, pool.num_superpixels, aggregation)
     cand = pool.candidates().reshape(u.shape)
@@ -288,6 +345,24 @@ def _pixelbal(pool: _Pool, aggregation: str, temperature: float, mu: float) -> S
     weight = pixelbal_weight(mass, (sp_map >= 0).sum(), mu, compute_dtype(logits))
     pixel = _by_images(lambda part: pixelbal_pixel_score(part, weight), logits)
     return _top(pool, _reduce(pool, pixel, aggregation))
+
+
+def _pixelbal_stream_stats(pool: _Pool, aggregation: str, temperature: float, mu: float) -> Dict[str, Tensor]:
+    return {"mass": class_mass(pool.logits, pool.sp_map, temperature), "pixels": (pool.sp_map >= 0).sum()}
+
+
+def _pixelbal_stream_score(pool: _Pool, aggregation: str, stats: Dict[str, Tensor], temperature: float,
+                           mu: float) -> Tensor:
+    logits = pool.logits
+    weight = pixelbal_weight(stats["mass"].to(logits.device), stats["pixels"].to(logits.device), mu,
+                             compute_dtype(logits))
+    pixel = pixelbal_pixel_score(logits, weight)
+    return aggregate(pixel, pool.sp_map, pool.num_superpixels, aggregation, validate_args=False)
+
+
+def _pixelbal_neutral(num_classes: int, dtype: torch.dtype) -> Dict[str, Tensor]:
+    # the (hi, lo) limb sums of class_mass
+    return {"mass": torch.zeros(2, num_classes, dtype=torch.long), "pixels": torch.zeros((), dtype=torch.long)}
 
 
 def _cbal_terms(pool: _Pool, aggregation: str, class_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
@@ -356,6 +431,11 @@ def _oreal(pool: _Pool, aggregation: str, class_mask: Optional[Tensor]) -> Selec
     return select(pool.probs, pool.sp_map, pool.labeled_counts, pool.budget, num_superpixels=pool.num_superpixels,
                   exclude=pool.exclude, aggregation=aggregation, class_mask=_check_class_mask(class_mask, pool),
                   allow_partial=pool.allow_partial, validate_args=False)
+
+
+def _oreal_columns(pool: _Pool, aggregation: str, class_mask: Optional[Tensor]) -> Tensor:
+    """OREAL's one-vs-rest entropy ``(n, S, C)``, the scores :func:`oreal.select` ranks each class by."""
+    return superpixel_ovr_entropy(pool.probs, pool.sp_map, pool.num_superpixels, aggregation, validate_args=False)
 
 
 def _mc(fn: Callable[..., Tensor]) -> Callable[..., Selection]:
@@ -428,53 +508,207 @@ def check_options(options: Dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------------- registry
 
 
+#: How each kind of :class:`Stream` is streamed (what :func:`oreal.stream.streamable` says).
+STREAM_KINDS = {
+    "top_b": "one pass, top-B candidates kept",
+    "per_class": "one pass, top-B candidates per class with positive debt kept",
+    "pool_stats": "two passes: exact pool statistics, then top-B candidates kept",
+}
+_REDUCE_OPS = ("sum", "min", "max")
+
+
+class Stream(NamedTuple):
+    """How a strategy streams in :class:`oreal.stream.StreamingSelector`: the ``stream=`` of its registry entry.
+
+    The functions get the batch as a :data:`Pool` (image ids ascending), the aggregation and the strategy's options
+    as keywords (``fn(pool, aggregation, **options)``), on inputs already validated. ``U`` below is ``S``, or
+    ``H * W`` for a pixel-level strategy (``pixels=True`` in :func:`register`).
+
+    - ``"top_b"``: every unit's score depends on its own image only. ``score`` (optional) returns the batch's
+      scores ``Tensor[n, U]``; without it the strategy's own function runs on the batch and its picks (the batch's
+      top ``B``, ``allow_partial=True``) are kept.
+    - ``"per_class"``: OREAL's class debt and per-class greedy; needs ``labeled_counts``. ``score`` (optional)
+      returns ``Tensor[n, S, C]``, the column each class is ranked by; without it each positive-debt column's top
+      ``B`` comes from the strategy's own function with a ``class_mask`` option that leaves only that class
+      (exact, but one run per column).
+    - ``"pool_stats"``: two passes. ``stats(pool, aggregation, **options)`` returns the batch's statistics
+      ``Dict[str, Tensor]``; ``reduce`` says how each key combines over batches and ranks (``"sum"``: integer
+      tensors only, so the sum does not depend on the batching; ``"min"``, ``"max"``); ``neutral(num_classes,
+      dtype)`` gives a rank without data its statistics (CPU tensors); ``score(pool, aggregation, stats,
+      **options)`` returns ``Tensor[n, U]`` against the pool's statistics.
+
+    ``seeded``: the stream needs ``seed=`` (``pool.seed``); ``dtype``: the score dtype of a strategy without a
+    float input; ``note``: what :func:`oreal.stream.streamable` adds to the kind's description.
+    """
+
+    kind: str
+    score: Optional[Callable[..., Tensor]] = None
+    stats: Optional[Callable[..., Dict[str, Tensor]]] = None
+    reduce: Optional[Dict[str, str]] = None
+    neutral: Optional[Callable[[int, torch.dtype], Dict[str, Tensor]]] = None
+    seeded: bool = False
+    dtype: torch.dtype = torch.float32
+    note: str = ""
+
+
 class _Strategy(NamedTuple):
     fn: Callable[..., Selection]
     summary: str
     requires: Tuple[str, ...]
     aggregations: Tuple[str, ...]  # the first is the default; () = the method has no aggregation
     options: Dict[str, Any]  # option name -> default
+    stream: Union[Stream, str, None] = None  # how it streams, or why it cannot (str); None: not declared
+    pixels: bool = False  # picks single pixels (index h * W + w, exclude Tensor[N, H, W]) instead of superpixels
 
 
 _MM = ("max", "mean")
 _MEAN_FIRST = ("mean", "max")
 
+# How the built-in strategies stream (see Stream). The top-B and by-function per-class streams need nothing but
+# their kind: the strategy's own function scores each batch.
+_TOP_B = Stream("top_b")
+_RANDOM_KEYS = Stream("top_b", score=_random_keys, seeded=True, dtype=torch.float64,
+                      note="keyed hash of (seed, g); not the generator draw of query('random')")
+_OREAL_COLUMNS = Stream("per_class", score=_oreal_columns)
+_REVISITING_STATS = Stream("pool_stats", score=_revisiting_stream_score, stats=_revisiting_stream_stats,
+                           reduce={"lo": "min", "hi": "max", "counts": "sum", "cand": "sum"},
+                           neutral=_revisiting_neutral)
+_PIXELBAL_STATS = Stream("pool_stats", score=_pixelbal_stream_score, stats=_pixelbal_stream_stats,
+                         reduce={"mass": "sum", "pixels": "sum"}, neutral=_pixelbal_neutral)
+
 _REGISTRY: Dict[str, _Strategy] = {
     "random": _Strategy(_random, "uniformly random superpixels, drawn from the explicit `generator`",
-                        ("generator",), (), {}),
+                        ("generator",), (), {}, _RANDOM_KEYS),
     "entropy": _Strategy(_uncertainty(entropy), "top-B superpixel entropy -sum p ln p (max or mean over pixels)",
-                         ("probs",), _MEAN_FIRST, {}),
+                         ("probs",), _MEAN_FIRST, {}, _TOP_B),
     "bvsb": _Strategy(_uncertainty(bvsb), "top-B superpixel best-versus-second-best ratio p2/p1",
-                      ("probs",), _MEAN_FIRST, {}),
+                      ("probs",), _MEAN_FIRST, {}, _TOP_B),
     "margin": _Strategy(_uncertainty(margin), "top-B superpixel flipped margin 1 - (p1 - p2)",
-                        ("probs",), _MEAN_FIRST, {}),
+                        ("probs",), _MEAN_FIRST, {}, _TOP_B),
     "revisiting_sp": _Strategy(_revisiting_sp, "Cai et al. 2021: pool-normalised BvSB x exp(-predicted class "
-                               "frequency)", ("probs",), _MEAN_FIRST, {}),
+                               "frequency)", ("probs",), _MEAN_FIRST, {}, _REVISITING_STATS),
     "pixelbal": _Strategy(_pixelbal, "Hwang et al. 2023: BvSB weighted by (1 + mu p_bar)^-2 of the pixel's "
                           "predicted class, p_bar = pool mean softmax(logits / T)", ("logits",), _MEAN_FIRST,
-                          {"temperature": 0.1, "mu": 6.0}),
+                          {"temperature": 0.1, "mu": 6.0}, _PIXELBAL_STATS),
     "cbal": _Strategy(_cbal, "Bengar et al. 2022, greedy surrogate: entropy - lam |mean p - debt / B|_1",
-                      ("probs", "labeled_counts"), _MEAN_FIRST, {"lam": 2.0, "class_mask": None}),
+                      ("probs", "labeled_counts"), _MEAN_FIRST, {"lam": 2.0, "class_mask": None}, _TOP_B),
     "cbal_milp": _Strategy(_cbal_milp, "Bengar et al. 2022, exact MIP (scipy milp): min z.U + lam |P^T z - debt|_1",
                            ("probs", "labeled_counts"), _MEAN_FIRST,
-                           {"lam": 0.6, "class_mask": None, "max_candidates": 2000, "time_limit": 60.0}),
+                           {"lam": 0.6, "class_mask": None, "max_candidates": 2000, "time_limit": 60.0},
+                           "it solves one MIP over the whole pool; stream 'cbal', its greedy surrogate"),
     "oreal": _Strategy(_oreal, "OREAL: one-vs-rest entropy (max), class debt, per-class greedy",
-                       ("probs", "labeled_counts"), _MM, {"class_mask": None}),
+                       ("probs", "labeled_counts"), _MM, {"class_mask": None}, _OREAL_COLUMNS),
     "oreal_mean": _Strategy(_oreal, "OREAL ablation with mean aggregation of the one-vs-rest entropy",
-                            ("probs", "labeled_counts"), ("mean",), {"class_mask": None}),
+                            ("probs", "labeled_counts"), ("mean",), {"class_mask": None}, _OREAL_COLUMNS),
     "bald": _Strategy(_mc(bald), "top-B superpixel BALD mutual information from K MC-dropout samples",
-                      ("mc_probs",), _MEAN_FIRST, {}),
+                      ("mc_probs",), _MEAN_FIRST, {}, _TOP_B),
     "balent": _Strategy(_mc(balent), "top-B superpixel Balanced Entropy (Woo 2023) from K MC-dropout samples",
-                        ("mc_probs",), _MEAN_FIRST, {}),
+                        ("mc_probs",), _MEAN_FIRST, {}, _TOP_B),
     "balent_pixel": _Strategy(_balent_pixel, "Didari et al. 2024: top-B single pixels by Balanced Entropy "
-                              "(superpixel = flat pixel index h*W+w)", ("mc_probs",), (), {}),
+                              "(superpixel = flat pixel index h*W+w)", ("mc_probs",), (), {}, _TOP_B, pixels=True),
     "edge_entropy": _Strategy(_edge_entropy, "Kasarla et al. 2019: entropy x (1 + alpha * normalised image "
-                              "gradient)", ("probs", "images"), _MEAN_FIRST, {"alpha": 1.0}),
+                              "gradient)", ("probs", "images"), _MEAN_FIRST, {"alpha": 1.0}, _TOP_B),
     "edge_entropy_class": _Strategy(_edge_entropy_class, "class-specific edge entropy: edge-weighted one-vs-rest "
                                     "entropy, class debt, per-class greedy (ours)",
                                     ("probs", "images", "labeled_counts"), _MEAN_FIRST,
-                                    {"alpha": 1.0, "class_mask": None}),
+                                    {"alpha": 1.0, "class_mask": None}, Stream("per_class")),
 }
+_BUILT_IN = frozenset(_REGISTRY)
+#: The strategy :class:`oreal.stream.StreamingSelector` runs when none is named.
+DEFAULT = "oreal"
+
+
+def register(name: str, fn: Callable[..., Selection], *, summary: str, requires: Sequence[str],
+             aggregations: Sequence[str] = ("mean", "max"), options: Optional[Dict[str, Any]] = None,
+             stream: Union[Stream, str, None] = None, pixels: bool = False) -> None:
+    """Add strategy ``name``: :func:`query` runs it, and with ``stream`` :class:`oreal.stream.StreamingSelector`
+    streams it; nothing else needs to know it. ``docs/streaming.md`` ("Adding a strategy") has the contract.
+
+    Args:
+        name: a new name (built-in and registered names raise).
+        fn: ``fn(pool, aggregation, **options) -> Selection`` on the whole pool (a :data:`Pool` of validated inputs;
+            ``aggregation`` is ``None`` when ``aggregations`` is empty), with the guarantees of :func:`query`.
+        summary: the one line of :func:`available`.
+        requires: the inputs ``fn`` reads, a subset of ``probs``, ``logits``, ``mc_probs``, ``images``,
+            ``labeled_counts``, ``generator``.
+        aggregations: the allowed aggregations, the default first; ``()`` for none.
+        options: option name -> default (numeric ``lam``, ``mu``, ``alpha``, ``temperature`` are checked).
+        stream: a :class:`Stream` saying how it streams; a string saying why it cannot; ``None``: not streamed.
+        pixels: it picks single pixels (``superpixel`` = ``h * W + w``, ``exclude`` is ``Tensor[N, H, W]``); only
+            without aggregations, and not with a ``"per_class"`` stream.
+
+    Example:
+        >>> import oreal
+        >>> def brightest(pool, aggregation):  # top-B superpixels by the mean of probs[:, 0]
+        ...     score = oreal.aggregate(pool.probs[:, 0], pool.sp_map, pool.num_superpixels, aggregation)
+        ...     index, value = oreal.topk(score.reshape(-1), pool.budget, candidates=pool.candidates(),
+        ...                               allow_partial=pool.allow_partial)
+        ...     s = pool.num_superpixels
+        ...     return oreal.Selection(index // s, index % s, torch.full_like(index, -1), value)
+        >>> register("brightest", brightest, summary="class-0 mass", requires=("probs",), aggregations=("mean",),
+        ...          stream=Stream("top_b"))
+        >>> "brightest" in oreal.stream.streamable()
+        True
+        >>> unregister("brightest")
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"Expected `name` to be a non-empty str, but got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"Strategy {name!r} is already registered; expected a new name (unregister it first)")
+    if not callable(fn):
+        raise TypeError(f"Expected `fn` to be callable, but got {type(fn).__name__}")
+    requires, aggregations = tuple(requires), tuple(aggregations)
+    unknown = sorted(set(requires) - set(_INPUT_SHAPES))
+    if unknown:
+        raise ValueError(f"Expected `requires` to be a subset of {sorted(_INPUT_SHAPES)}, but got {unknown}")
+    if any(a not in ("max", "mean") for a in aggregations) or len(set(aggregations)) < len(aggregations):
+        raise ValueError(f"Expected `aggregations` to be distinct values of ('max', 'mean'), but got {aggregations}")
+    options = dict(options or {})
+    if pixels and aggregations:
+        raise ValueError(f"A pixel-level strategy has no aggregation; expected aggregations=(), but got "
+                         f"{aggregations}")
+    if isinstance(stream, Stream):
+        _check_stream(stream, requires, options, bool(pixels))
+    elif stream is not None and not isinstance(stream, str):
+        raise TypeError(f"Expected `stream` to be an oreal.strategies.Stream, a str (why it cannot stream) or None, "
+                        f"but got {type(stream).__name__}")
+    _REGISTRY[name] = _Strategy(fn, str(summary), requires, aggregations, options, stream, bool(pixels))
+
+
+def _check_stream(stream: Stream, requires: Tuple[str, ...], options: Dict[str, Any], pixels: bool) -> None:
+    if stream.kind not in STREAM_KINDS:
+        raise ValueError(f"Expected `Stream.kind` to be one of {list(STREAM_KINDS)}, but got {stream.kind!r}")
+    if stream.kind == "per_class":
+        if "labeled_counts" not in requires:
+            raise ValueError("A 'per_class' stream needs the class debt: expected 'labeled_counts' in `requires`")
+        if stream.score is None and "class_mask" not in options:
+            raise ValueError("A 'per_class' stream without `score` runs the strategy once per class with a "
+                             "one-class `class_mask`: expected a 'class_mask' option (default None)")
+        if pixels:
+            raise ValueError("A pixel-level strategy cannot stream per class; expected kind 'top_b' or 'pool_stats'")
+    if stream.kind == "pool_stats":
+        missing = [f for f in ("score", "stats", "reduce", "neutral") if getattr(stream, f) is None]
+        if missing:
+            raise ValueError(f"A 'pool_stats' stream needs `score`, `stats`, `reduce` and `neutral`, but got None "
+                             f"for {missing}")
+        bad = {k: v for k, v in stream.reduce.items() if v not in _REDUCE_OPS}
+        if bad:
+            raise ValueError(f"Expected `Stream.reduce` values in {list(_REDUCE_OPS)}, but got {bad}")
+
+
+def unregister(name: str) -> None:
+    """Remove a strategy added by :func:`register` (built-in ones raise).
+
+    Example:
+        >>> unregister("entropy")
+        Traceback (most recent call last):
+        ...
+        ValueError: Strategy 'entropy' is built in; only strategies added by register() can be removed
+    """
+    _lookup(name)
+    if name in _BUILT_IN:
+        raise ValueError(f"Strategy {name!r} is built in; only strategies added by register() can be removed")
+    del _REGISTRY[name]
 
 
 def available() -> Dict[str, str]:
@@ -490,16 +724,20 @@ def available() -> Dict[str, str]:
 
 def requirements(name: str) -> Dict[str, Any]:
     """What strategy ``name`` needs: its required inputs, allowed aggregations (the first is the default; empty
-    for none) and its options with their defaults.
+    for none), its options with their defaults, and whether it picks single pixels (``pixels``: then ``exclude``
+    is ``Tensor[N, H, W]`` and ``superpixel`` the flat pixel index).
 
     Example:
         >>> requirements("pixelbal")["inputs"]
         ('logits',)
         >>> requirements("oreal")["aggregations"]
         ('max', 'mean')
+        >>> requirements("balent_pixel")["pixels"]
+        True
     """
     spec = _lookup(name)
-    return {"inputs": spec.requires, "aggregations": spec.aggregations, "options": dict(spec.options)}
+    return {"inputs": spec.requires, "aggregations": spec.aggregations, "options": dict(spec.options),
+            "pixels": spec.pixels}
 
 
 def _lookup(name: object) -> _Strategy:
@@ -640,7 +878,7 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
     if "generator" in use and not isinstance(generator, torch.Generator):
         raise TypeError(f"Expected `generator` to be a torch.Generator, but got {type(generator).__name__}")
     if exclude is not None:
-        shape = (n, h, w) if name == "balent_pixel" else (n, num_superpixels)
+        shape = (n, h, w) if spec.pixels else (n, num_superpixels)
         check_bool_tensor(exclude, "exclude", shape)
         check_same_device(exclude, "exclude", sp_map, "sp_map")
     check_options(opts)

@@ -12,30 +12,31 @@ candidates than the budget (or honours ``allow_partial`` the same way)::
         sel.update(probs=model(batch.x).softmax(1), sp_map=batch.sp, image_ids=batch.idx, exclude=batch.labeled)
     picks = sel.compute()                      # == oreal.select(all probs, all sp maps, counts, B, ...)
 
-Why it is exact, and what it keeps (memory is ``O(C * B)`` plus the current batch, never ``O(pool)``):
+Each strategy's registry entry (:func:`oreal.strategies.register`, :class:`oreal.strategies.Stream`) says how it
+streams; the selector itself knows no strategy by name. Why it is exact, and what it keeps (memory is
+``O(C * B)`` plus the current batch, never ``O(pool)``):
 
-- **Class-agnostic top-B** (``entropy``, ``bvsb``, ``margin``, ``cbal``, ``bald``, ``balent``, ``edge_entropy``,
-  ``balent_pixel``): every superpixel's score depends on its own image only, so the pool's top ``B`` under the
-  total order *(score descending, global index ascending)* is the top ``B`` of the union of each batch's top ``B``.
-  The batch scores are computed by :func:`oreal.strategies.query` itself, so they are the same floats.
-- **OREAL** (``oreal``, ``oreal_mean``, ``edge_entropy_class``): the class debt ``d`` depends only on
-  ``labeled_counts`` and ``B``, known up front. Class ``c`` is visited after classes that take
-  ``D = sum of their debts`` picks in all, so it takes its ``d_c`` picks from the top ``D + d_c <= B`` entries of its
-  own column; keeping the top ``B`` of every column with positive debt is therefore enough, and the per-class greedy
+- **Top-B** (kind ``"top_b"``): every unit's score depends on its own image only, so the pool's top ``B`` under
+  the total order *(score descending, global index ascending)* is the top ``B`` of the union of each batch's top
+  ``B``. The batch is scored by the strategy's own function (or its ``Stream.score``), so the scores are the same
+  floats.
+- **Per class** (kind ``"per_class"``, OREAL's greedy): the class debt ``d`` depends only on ``labeled_counts``
+  and ``B``, known up front. Class ``c`` is visited after classes that take ``D = sum of their debts`` picks in
+  all, so it takes its ``d_c`` picks from the top ``D + d_c <= B`` entries of its own column; keeping the top
+  ``B`` of every column with positive debt is therefore enough, and the per-class greedy
   (:func:`oreal.greedy_per_class`) run on the union of the kept candidates makes the same picks in the same order.
-- **Pool statistics** (``revisiting_sp``, ``pixelbal``): **two passes** over the pool. The first accumulates
-  statistics that are exact under any batching, order or sharding (min and max of the superpixel BvSB, integer
-  class counts; pixelbal's class mass as int64 fixed-point limbs, see :func:`class_mass`); the second scores
-  against them and keeps the top ``B``. Call :meth:`StreamingSelector.next_pass` between the passes.
-- ``random``: :func:`oreal.strategies.query` draws ``torch.rand(N * S)`` from a generator, which depends on the
-  pool's size and order and cannot be streamed. The streamed ``random`` needs ``seed=`` and gives each superpixel
-  a keyed hash of ``(seed, g)`` as its key (uniform in ``[0, 1)``, float64): a uniformly random ``B``-subset that
-  is the same for every batching and sharding, but not the one ``query("random", generator=...)`` draws.
-- Not streamed: ``cbal_milp`` (one MIP over the whole pool).
+- **Pool statistics** (kind ``"pool_stats"``): **two passes** over the pool. The first accumulates statistics
+  that are exact under any batching, order or sharding (minima, maxima and integer sums, e.g. the class mass of
+  :func:`class_mass` as int64 fixed-point limbs); the second scores against them and keeps the top ``B``. Call
+  :meth:`StreamingSelector.next_pass` between the passes.
+- A seeded entry (``Stream(seeded=True)``, the streamed ``random``) ranks by a keyed hash of ``(seed, g)``
+  (:func:`keyed_uniform`): a uniformly random ``B``-subset, the same for every batching and sharding, but not the
+  generator's draw of the in-memory strategy (which depends on the pool's size and order).
+- :func:`streamable` lists the strategies and how each one streams; the others raise, saying why.
 - ``mean`` aggregations on CUDA add with atomics, so there the in-memory result itself varies in the last bits.
 
-Ties: the global index is ``g = image_id * S + s`` (``image_id * H * W + h * W + w`` for ``balent_pixel``), so the
-``image_ids`` given with each batch define the order; with ids ``0 .. N-1`` in pool order the result equals the
+Ties: the global index is ``g = image_id * S + s`` (``image_id * H * W + h * W + w`` for pixel-level strategies), so
+the ``image_ids`` given with each batch define the order; with ids ``0 .. N-1`` in pool order the result equals the
 in-memory one on the stacked pool. Ids must be unique over the pool; a repeated id raises.
 
 Distributed (``distributed=True``, ``torch.distributed`` initialised, gloo on CPU or NCCL on GPU): each rank
@@ -56,16 +57,14 @@ from torch import Tensor
 
 from oreal import strategies as _strategies
 from oreal.strategies import (
+    STREAM_KINDS,
+    Stream,
     check_options,
     check_pool_input,
-    resolve_options,
     class_mass,
     class_mean,
-    pixelbal_pixel_score,
-    pixelbal_weight,
-    revisiting_score,
-    revisiting_stats,
-    revisiting_terms,
+    keyed_uniform,
+    resolve_options,
 )
 from oreal._checks import (
     check_bool_tensor,
@@ -75,66 +74,30 @@ from oreal._checks import (
     check_same_device,
     check_shape,
     compute_dtype,
-    validate_finite,
     validate_nonnegative,
-    validate_probabilities,
 )
-from oreal.aggregate import aggregate, check_sp_map
+from oreal.aggregate import check_sp_map
 from oreal.balance import class_debt
-from oreal.select import Selection, candidates, greedy_per_class, superpixel_ovr_entropy, topk
+from oreal.select import Selection, candidates, greedy_per_class, topk
 
 __all__ = ["StreamingSelector", "streamable", "class_mass", "class_mean", "keyed_uniform"]
 
 _SENTINEL = torch.iinfo(torch.int64).max  # the global index of an empty buffer slot; sorts after every real one
 
-_TOP_B = ("entropy", "bvsb", "margin", "cbal", "bald", "balent", "edge_entropy", "balent_pixel")
-_PER_CLASS = ("oreal", "oreal_mean", "edge_entropy_class")
-_TWO_PASS = ("revisiting_sp", "pixelbal")
-_STREAMABLE = _TOP_B + _PER_CLASS + _TWO_PASS + ("random",)
-_NOT_STREAMED = {"cbal_milp": "it solves one MIP over the whole pool; stream 'cbal', its greedy surrogate"}
-
-
 
 def streamable() -> Dict[str, str]:
-    """Strategies :class:`StreamingSelector` runs, with how each one is streamed.
+    """Strategies :class:`StreamingSelector` runs, with how each one is streamed: those whose registry entry has a
+    :class:`oreal.strategies.Stream`.
 
     Example:
         >>> sorted(streamable())[:3]
         ['bald', 'balent', 'balent_pixel']
     """
     how = {}
-    for name in _TOP_B:
-        how[name] = "one pass, top-B candidates kept"
-    for name in _PER_CLASS:
-        how[name] = "one pass, top-B candidates per class with positive debt kept"
-    for name in _TWO_PASS:
-        how[name] = "two passes: exact pool statistics, then top-B candidates kept"
-    how["random"] = "one pass, keyed hash of (seed, g); not the generator draw of query('random')"
+    for name, entry in _strategies._REGISTRY.items():
+        if isinstance(entry.stream, Stream):
+            how[name] = STREAM_KINDS[entry.stream.kind] + (f"; {entry.stream.note}" if entry.stream.note else "")
     return how
-
-
-def keyed_uniform(g: Tensor, seed: int) -> Tensor:
-    """A uniform key in ``[0, 1)`` (float64, 53 bits) for each global index ``g``: SplitMix64 of ``g`` mixed with
-    ``seed``. Deterministic on every device; the streamed ``random`` strategy ranks candidates by it.
-
-    Example:
-        >>> k = keyed_uniform(torch.arange(4), seed=0)
-        >>> bool(((k >= 0) & (k < 1)).all()), torch.equal(k, keyed_uniform(torch.arange(4), seed=0))
-        (True, True)
-    """
-
-    def shr(x: Tensor, k: int) -> Tensor:  # logical shift right of int64 bit patterns
-        return (x >> k) & ((1 << (64 - k)) - 1)
-
-    def signed(u: int) -> int:
-        return u - (1 << 64) if u >= (1 << 63) else u
-
-    x = g.long() ^ signed((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % (1 << 64))
-    x = x + signed(0x9E3779B97F4A7C15)
-    x = (x ^ shr(x, 30)) * signed(0xBF58476D1CE4E5B9)
-    x = (x ^ shr(x, 27)) * signed(0x94D049BB133111EB)
-    x = x ^ shr(x, 31)
-    return shr(x, 11).double() * 2.0 ** -53
 
 
 def _prune(scores: Tensor, g: Tensor, k: int) -> Tuple[Tensor, Tensor]:
@@ -214,11 +177,11 @@ class _IdSet:
 class StreamingSelector:
     """Exact acquisition over a pool given batch by batch, in memory bounded by the classes times the budget.
 
-    After the last :meth:`update` (and, for the two-pass strategies ``revisiting_sp`` and ``pixelbal``, after a
-    :meth:`next_pass` and a second identical pass), :meth:`compute` returns exactly the :class:`oreal.Selection`
-    that :func:`oreal.strategies.query` (``oreal``: :func:`oreal.select`) returns on the whole pool at once, with the
+    After the last :meth:`update` (and, for the strategies with pool statistics, after a :meth:`next_pass` and a
+    second identical pass), :meth:`compute` returns exactly the :class:`oreal.Selection` that
+    :func:`oreal.strategies.query` (``oreal``: :func:`oreal.select`) returns on the whole pool at once, with the
     pool's image ``n`` replaced by the global image id given with the batch. See the module docstring for why each
-    strategy is exact, and :func:`streamable` for the list.
+    kind of strategy is exact, and :func:`streamable` for the list.
 
     Memory: fewer than ``P * (2 * B + max(B, 1024))`` kept candidates (``P`` = classes with positive debt for the
     per-class strategies, 1 otherwise; each a score and an int64 index) plus the current batch's scores, plus the
@@ -228,10 +191,10 @@ class StreamingSelector:
         strategy: a name of :func:`streamable` (the names of :func:`oreal.strategies.query`).
         num_superpixels: ``S``, superpixel ids per image.
         budget: ``B >= 0`` picks.
-        labeled_counts (Tensor[C], optional): int64 ``n_c``; required by ``oreal``, ``oreal_mean``,
-            ``edge_entropy_class`` and ``cbal``.
+        labeled_counts (Tensor[C], optional): int64 ``n_c``; required by the strategies that require it in
+            :func:`oreal.strategies.requirements` (the class-balanced ones).
         aggregation: ``"max"`` / ``"mean"``; ``None`` = the strategy's default (as in ``query``).
-        seed: key of the streamed ``random`` strategy (required by it, ignored by the others).
+        seed: key of the seeded strategies (the streamed ``random``; required by them, ignored by the others).
         distributed: merge with the other ranks of ``group`` in :meth:`next_pass` and :meth:`compute`
             (collectives: every rank must call them). Every rank gets the result.
         group: the ``torch.distributed`` process group (default: the world).
@@ -254,14 +217,19 @@ class StreamingSelector:
         True
     """
 
-    def __init__(self, strategy: str = "oreal", *, num_superpixels: int, budget: int,
+    def __init__(self, strategy: str = _strategies.DEFAULT, *, num_superpixels: int, budget: int,
                  labeled_counts: Optional[Tensor] = None, aggregation: Optional[str] = None,
                  seed: Optional[int] = None, distributed: bool = False, group: Any = None,
                  validate_args: bool = True, **options: Any) -> None:
-        if strategy in _NOT_STREAMED:
-            raise ValueError(f"Strategy {strategy!r} cannot be streamed: {_NOT_STREAMED[strategy]}")
-        check_choice(strategy, "strategy", _STREAMABLE)
+        entry = _strategies._REGISTRY.get(strategy) if isinstance(strategy, str) else None
+        if entry is not None and not isinstance(entry.stream, Stream):
+            why = entry.stream or "its registry entry declares no stream (oreal.strategies.register(stream=...))"
+            raise ValueError(f"Strategy {strategy!r} cannot be streamed: {why}")
+        check_choice(strategy, "strategy", list(streamable()))
         self.strategy = strategy
+        self.spec: Stream = entry.stream
+        self.pixels = entry.pixels
+        self._fn = entry.fn
         self.num_superpixels = check_int(num_superpixels, "num_superpixels", minimum=1)
         self.budget = check_int(budget, "budget", minimum=0)
         self.validate_args = bool(validate_args)
@@ -274,32 +242,23 @@ class StreamingSelector:
                 raise RuntimeError("distributed=True needs torch.distributed to be initialised "
                                    "(torch.distributed.init_process_group) before the selector is made")
 
-        if strategy == "random":
-            if aggregation is not None:
-                raise ValueError(f"Strategy 'random' has no aggregation; expected aggregation=None, "
-                                 f"but got {aggregation!r}")
+        self.aggregation, self.options = resolve_options(strategy, aggregation, options)
+        self.seed = None
+        if self.spec.seeded:
             if seed is None:
-                raise ValueError("The streamed 'random' strategy needs an integer `seed=` (its keys are a hash of "
-                                 "(seed, g), the same for every batching; see oreal.stream)")
+                raise ValueError(f"The streamed {strategy!r} strategy needs an integer `seed=` (its keys are a hash "
+                                 f"of (seed, g), the same for every batching; see oreal.stream)")
             self.seed = check_int(seed, "seed", minimum=0)
-            if options:
-                raise ValueError(f"Unknown option(s) {sorted(options)} for strategy 'random'; expected none")
-            self.options: Dict[str, Any] = {}
-            self.aggregation = None
-            self.inputs: Tuple[str, ...] = ()
-        else:
-            self.seed = None
-            spec = _strategies.requirements(strategy)
-            self.aggregation, self.options = resolve_options(strategy, aggregation, options)
-            check_options(self.options)
-            self.inputs = tuple(x for x in spec["inputs"] if x not in ("labeled_counts", "generator"))
-            if "labeled_counts" in spec["inputs"] and labeled_counts is None:
-                raise ValueError(f"Strategy {strategy!r} needs `labeled_counts` (Tensor[C] int64 labeled superpixels "
-                                 f"per class), but got None")
+        check_options(self.options)
+        self.inputs = tuple(x for x in entry.requires if x not in ("labeled_counts", "generator"))
+        needs_counts = "labeled_counts" in entry.requires
+        if needs_counts and labeled_counts is None:
+            raise ValueError(f"Strategy {strategy!r} needs `labeled_counts` (Tensor[C] int64 labeled superpixels "
+                             f"per class), but got None")
 
         self.labeled_counts = None
         self.num_classes: Optional[int] = None
-        if labeled_counts is not None and (strategy in _PER_CLASS or strategy == "cbal"):
+        if needs_counts:
             check_int_tensor(labeled_counts, "labeled_counts", ndim=1)
             if labeled_counts.shape[0] == 0:
                 raise ValueError("Expected `labeled_counts` to have at least one class, but got shape (0,)")
@@ -313,13 +272,13 @@ class StreamingSelector:
             check_same_device(class_mask, "class_mask", self.labeled_counts, "labeled_counts")
 
         # Columns kept: classes with positive debt (per-class strategies), or the one score column.
-        if strategy in _PER_CLASS:
+        if self.spec.kind == "per_class":
             self.debt = class_debt(self.labeled_counts, self.budget, class_mask=class_mask, validate_args=False)
             self.columns = self.debt.nonzero().squeeze(1)
         else:
             self.debt = None
             self.columns = torch.zeros(1, dtype=torch.long)
-        self.num_passes = 2 if strategy in _TWO_PASS else 1
+        self.num_passes = 2 if self.spec.kind == "pool_stats" else 1
         self.reset()
 
     # ------------------------------------------------------------------------------------------------ state
@@ -329,7 +288,7 @@ class StreamingSelector:
         self.pass_index = 0
         self.device: Optional[torch.device] = None
         self.dtype: Optional[torch.dtype] = None
-        self.unit: Optional[int] = None  # indices per image: S, or H * W for balent_pixel
+        self.unit: Optional[int] = None  # indices per image: S, or H * W for a pixel-level strategy
         self.spatial: Optional[Tuple[int, int]] = None
         self.seen = _IdSet()
         self.first_pass_ids: Optional[_IdSet] = None
@@ -394,12 +353,12 @@ class StreamingSelector:
             sp_map (Tensor[n, H, W]): integer superpixel ids in ``[0, S)``, ``-1`` for no superpixel.
             image_ids (Tensor[n] or sequence of int): global, unique, non-negative image ids; they define the
                 tie order ``g = image_id * S + s`` and come back in ``Selection.image``.
-            logits (Tensor[n, C, H, W], optional): raw logits (``pixelbal``).
-            mc_probs (Tensor[n, K, C, H, W], optional): MC-dropout probabilities (``bald``, ``balent``,
-                ``balent_pixel``).
+            logits (Tensor[n, C, H, W], optional): raw logits (the strategies that use ``logits``).
+            mc_probs (Tensor[n, K, C, H, W], optional): MC-dropout probabilities (the strategies that use
+                ``mc_probs``).
             images (Tensor[n, channels, H, W] or Tensor[n, H, W], optional): the images (edge strategies).
             exclude (Tensor[n, S] bool, optional): already-labeled superpixels (``Tensor[n, H, W]`` pixels for
-                ``balent_pixel``).
+                a pixel-level strategy).
         """
         given = {"probs": probs, "logits": logits, "mc_probs": mc_probs, "images": images}
         for need in self.inputs:
@@ -408,32 +367,27 @@ class StreamingSelector:
                                  f"oreal.strategies.requirements({self.strategy!r})), but got None")
         num_superpixels = check_sp_map(sp_map, self.num_superpixels, validate_args=self.validate_args)
         n, h, w = sp_map.shape
-        unit = h * w if self.strategy == "balent_pixel" else num_superpixels
+        unit = h * w if self.pixels else num_superpixels
         ids_cpu = self._check_ids(image_ids, n, unit)
         for name in self.inputs:
             check_pool_input(given[name], name, (n, h, w), sp_map, self.strategy, validate_args=False)
         if exclude is not None:
-            shape = (n, h, w) if self.strategy == "balent_pixel" else (n, num_superpixels)
+            shape = (n, h, w) if self.pixels else (n, num_superpixels)
             check_bool_tensor(exclude, "exclude", shape)
             check_same_device(exclude, "exclude", sp_map, "sp_map")
         self._check_consistent(sp_map, given, h, w)
         self.seen.check(ids_cpu)
         if n == 0:
             return
+        if self.validate_args:  # the values, as query checks them
+            for name in self.inputs:
+                check_pool_input(given[name], name, (n, h, w), sp_map, self.strategy, validate_args=True)
+        given = {name: given[name] for name in self.inputs}
         ids = ids_cpu.to(sp_map.device)
-        if self.strategy in _PER_CLASS:
+        if self.spec.kind == "per_class":
             self._update_per_class(given, sp_map, ids, exclude)
-        elif self.strategy == "random":
-            cand = candidates(sp_map, num_superpixels, exclude, validate_args=False)
-            self._count(cand)
-            g = self._every_superpixel(ids)
-            keys = keyed_uniform(g, self.seed)
-            cand = cand.reshape(1, -1)
-            self._push(torch.where(cand, keys, float("-inf")), torch.where(cand, g, _SENTINEL))
-        elif self.strategy in _TWO_PASS and self.pass_index == 0:
-            self._update_stats(given, sp_map, exclude)
-        elif self.strategy in _TWO_PASS:
-            self._update_two_pass_scores(given, sp_map, ids, exclude)
+        elif self.spec.kind == "pool_stats" and self.pass_index == 0:
+            self._update_stats(given, sp_map, ids, exclude)
         else:
             self._update_top_b(given, sp_map, ids, exclude)
         self.seen.add(ids_cpu)  # only once the batch is in: a batch that raised can be given again
@@ -459,10 +413,10 @@ class StreamingSelector:
         return ids
 
     def _check_consistent(self, sp_map: Tensor, given: Dict[str, Optional[Tensor]], h: int, w: int) -> None:
-        """Same device, dtype, classes (and H, W for balent_pixel) as the batches before."""
+        """Same device, dtype, classes (and H, W for a pixel-level strategy) as the batches before."""
         main = next((given[x] for x in ("probs", "logits", "mc_probs") if x in self.inputs), None)
         device = sp_map.device
-        dtype = _default_dtype(self.strategy) if main is None else compute_dtype(main)
+        dtype = self.spec.dtype if main is None else compute_dtype(main)
         classes = None
         if main is not None:
             classes = main.shape[2] if main.ndim == 5 else main.shape[1]
@@ -480,7 +434,7 @@ class StreamingSelector:
         if self.device is None:
             self.device, self.dtype = device, dtype
             self.num_classes = classes if self.num_classes is None else self.num_classes
-            self.unit = h * w if self.strategy == "balent_pixel" else self.num_superpixels
+            self.unit = h * w if self.pixels else self.num_superpixels
             self.spatial = (h, w)
             self.columns = self.columns.to(device)
             return
@@ -489,8 +443,8 @@ class StreamingSelector:
         if dtype != self.dtype:
             raise ValueError(f"Expected every batch to be computed in {self.dtype} like the first batch, but this "
                              f"batch gives {dtype}; convert the batches to one dtype")
-        if self.strategy == "balent_pixel" and (h, w) != self.spatial:
-            raise ValueError(f"Strategy 'balent_pixel' indexes pixels as h * W + w, so every batch needs the same "
+        if self.pixels and (h, w) != self.spatial:
+            raise ValueError(f"Strategy {self.strategy!r} indexes pixels as h * W + w, so every batch needs the same "
                              f"H, W = {self.spatial}, but got {(h, w)}")
 
     def _push(self, scores: Tensor, g: Tensor) -> None:
@@ -523,15 +477,26 @@ class StreamingSelector:
         """Add a batch's candidates to the pool's count (the too-few-candidates error needs the total)."""
         self.num_candidates = self.num_candidates.to(cand.device) + cand.sum()
 
+    def _pool(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
+              exclude: Optional[Tensor]) -> _strategies.Pool:
+        """The batch as the inputs of the strategy's functions."""
+        return _strategies.Pool(sp_map, self.num_superpixels, self.budget, given.get("probs"), given.get("logits"),
+                                given.get("mc_probs"), given.get("images"), self.labeled_counts, exclude, None, True,
+                                ids, self.seed)
+
+    def _candidates(self, sp_map: Tensor, exclude: Optional[Tensor]) -> Tensor:
+        """``(n, U)`` bool: the batch's units that can be picked (non-empty superpixels, or pixels with an id)."""
+        if self.pixels:
+            cand = sp_map >= 0
+            return (cand if exclude is None else cand & ~exclude).reshape(sp_map.shape[0], -1)
+        return candidates(sp_map, self.num_superpixels, exclude, validate_args=False)
+
     def _update_per_class(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
                           exclude: Optional[Tensor]) -> None:
-        probs = given["probs"]
+        if self.spec.score is None:
+            return self._update_per_class_by_fn(given, sp_map, ids, exclude)
         s = self.num_superpixels
-        if self.strategy == "edge_entropy_class":
-            return self._update_per_class_by_query(given, sp_map, ids, exclude)
-        if self.validate_args:
-            validate_probabilities(probs)
-        scores = superpixel_ovr_entropy(probs, sp_map, s, self.aggregation, validate_args=False)
+        scores = self.spec.score(self._pool(given, sp_map, ids, exclude), self.aggregation, **self.options)
         cand = candidates(sp_map, s, exclude, validate_args=False)
         self._count(cand)
         n = sp_map.shape[0]
@@ -540,26 +505,22 @@ class StreamingSelector:
         cand = cand.reshape(1, -1)
         self._push(torch.where(cand, cols, float("-inf")), torch.where(cand, g, _SENTINEL).expand_as(cols))
 
-    def _update_per_class_by_query(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
-                                   exclude: Optional[Tensor]) -> None:
+    def _update_per_class_by_fn(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
+                                exclude: Optional[Tensor]) -> None:
         """Top B of each positive-debt column from the strategy itself: with a class mask that leaves only class
         ``c``, its debt is the whole budget and the greedy returns column ``c``'s top B (ties to the lower g).
         Exact, but it scores the batch once per kept column."""
         given, sp_map, ids, exclude = self._sorted_batch(given, sp_map, ids, exclude)
-        cand = candidates(sp_map, self.num_superpixels, exclude, validate_args=False)
-        self._count(cand)
+        pool = self._pool(given, sp_map, ids, exclude)
         opts = dict(self.options)
         eye = torch.eye(self.num_classes, dtype=torch.bool, device=sp_map.device)
         scores, gs = [], []
         for c in self.columns.tolist():
             opts["class_mask"] = eye[c]
-            sel = _strategies.query(self.strategy, sp_map=sp_map, num_superpixels=self.num_superpixels,
-                                    budget=self.budget, labeled_counts=self.labeled_counts, exclude=exclude,
-                                    aggregation=self.aggregation, allow_partial=True,
-                                    validate_args=self.validate_args and not scores, **given, **opts)
-            g = self._global(ids, sel.image, sel.superpixel)
+            sel = self._fn(pool, self.aggregation, **opts)
             scores.append(sel.score)
-            gs.append(g)
+            gs.append(self._global(ids, sel.image, sel.superpixel))
+        self._count(candidates(sp_map, self.num_superpixels, exclude, validate_args=False))
         if scores:  # every column returns min(B, candidates of the batch) picks
             self._push(torch.stack(scores), torch.stack(gs))
 
@@ -575,89 +536,66 @@ class StreamingSelector:
 
     def _update_top_b(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
                       exclude: Optional[Tensor]) -> None:
+        """Keep the batch's top B: scored by ``Stream.score`` (against the pool statistics in the second pass of
+        a ``"pool_stats"`` stream) or picked by the strategy's own function; the same floats as in memory."""
         given, sp_map, ids, exclude = self._sorted_batch(given, sp_map, ids, exclude)
-        # The strategy itself scores the batch and returns its top B (all of them when fewer): the same floats.
-        sel = _strategies.query(self.strategy, sp_map=sp_map, num_superpixels=self.num_superpixels,
-                                budget=self.budget, labeled_counts=self.labeled_counts, exclude=exclude,
-                                aggregation=self.aggregation, allow_partial=True, validate_args=self.validate_args,
-                                **given, **self.options)
-        if self.strategy == "balent_pixel":
-            cand = sp_map >= 0
-            if exclude is not None:
-                cand = cand & ~exclude
+        pool = self._pool(given, sp_map, ids, exclude)
+        cand = self._candidates(sp_map, exclude)
+        if self.spec.score is not None:
+            extra = (self.stats,) if self.spec.kind == "pool_stats" else ()
+            score = self.spec.score(pool, self.aggregation, *extra, **self.options).reshape(-1)
+            index, value = topk(score, self.budget, candidates=cand.reshape(-1), allow_partial=True,
+                                validate_args=False)
+            image, local = index // self.unit, index % self.unit
         else:
-            cand = candidates(sp_map, self.num_superpixels, exclude, validate_args=False)
+            sel = self._fn(pool, self.aggregation, **self.options)
+            image, local, value = sel.image, sel.superpixel, sel.score
         self._count(cand)
-        g = self._global(ids, sel.image, sel.superpixel)
-        self._push(sel.score.reshape(1, -1), g.reshape(1, -1))
+        g = self._global(ids, image, local)
+        self._push(value.reshape(1, -1), g.reshape(1, -1))
 
-    # ----------------------------------------------------------------------------- two-pass strategies
+    # ----------------------------------------------------------------------------------- pool statistics
 
-    def _revisiting_terms(self, probs: Tensor, sp_map: Tensor) -> Tuple[Tensor, Tensor]:
-        if self.validate_args:
-            validate_probabilities(probs)
-        return revisiting_terms(probs, sp_map, self.num_superpixels, self.aggregation)
-
-    def _check_logits(self, logits: Tensor) -> None:
-        if self.validate_args:
-            validate_finite(logits, "logits")
-
-    def _update_stats(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, exclude: Optional[Tensor]) -> None:
+    def _update_stats(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
+                      exclude: Optional[Tensor]) -> None:
+        batch = self._checked(self.spec.stats(self._pool(given, sp_map, ids, exclude), self.aggregation,
+                                              **self.options), "stats")
         st = self.stats
-        if self.strategy == "revisiting_sp":
-            u, dom = self._revisiting_terms(given["probs"], sp_map)
-            cand = candidates(sp_map, self.num_superpixels, exclude, validate_args=False)
-            batch = revisiting_stats(u, dom, cand, self.num_classes)
-            if not st:
-                st.update(batch)
-            else:
-                st.update(lo=torch.minimum(st["lo"], batch["lo"]), hi=torch.maximum(st["hi"], batch["hi"]),
-                          counts=st["counts"] + batch["counts"], cand=st["cand"] + batch["cand"])
+        if not st:
+            st.update(batch)
         else:
-            logits = given["logits"]
-            self._check_logits(logits)
-            mass = class_mass(logits, sp_map, self.options["temperature"])
-            pixels = (sp_map >= 0).sum()
-            if not st:
-                st.update(mass=mass, pixels=pixels)
-            else:
-                st.update(mass=st["mass"] + mass, pixels=st["pixels"] + pixels)
+            st.update({key: _MERGE[self.spec.reduce[key]](st[key], value) for key, value in batch.items()})
+
+    def _checked(self, stats: Dict[str, Tensor], source: str) -> Dict[str, Tensor]:
+        """The statistics a strategy's ``Stream.stats`` or ``Stream.neutral`` returned, checked against its
+        ``Stream.reduce``: the same keys, and integer dtypes where they are summed."""
+        reduce = self.spec.reduce
+        if not isinstance(stats, dict) or set(stats) != set(reduce):
+            got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+            raise ValueError(f"Strategy {self.strategy!r}: expected its Stream.{source} to return a dict with the "
+                             f"keys of Stream.reduce {sorted(reduce)}, but got {got}")
+        for key, value in stats.items():
+            if reduce[key] == "sum" and (value.is_floating_point() or value.is_complex()):
+                raise TypeError(f"Strategy {self.strategy!r}: statistic {key!r} is summed but has dtype "
+                                f"{value.dtype}; a float sum depends on the batching, so the stream would not be "
+                                f"exact: sum integers (e.g. fixed-point limbs, see oreal.strategies.class_mass)")
+        return stats
 
     def next_pass(self) -> None:
-        """End the first pass of a two-pass strategy (``revisiting_sp``, ``pixelbal``): fix the pool statistics
+        """End the first pass of a strategy with pool statistics (kind ``"pool_stats"``): fix the statistics
         (reduced over the ranks when distributed; a collective) and start the second pass, which must give the
         same images again (any batching and order)."""
         if self.num_passes == 1:
+            two = [n for n, e in _strategies._REGISTRY.items()
+                   if isinstance(e.stream, Stream) and e.stream.kind == "pool_stats"]
             raise RuntimeError(f"Strategy {self.strategy!r} streams in one pass; call compute() after the last "
-                               f"update (next_pass() is for 'revisiting_sp' and 'pixelbal')")
+                               f"update (next_pass() is for the strategies with pool statistics: {two})")
         if self.pass_index != 0:
             raise RuntimeError("next_pass() was already called; the second pass is running, call compute() after it")
         if self.distributed:
             self._reduce_stats()
         self.pass_index = 1
         self.first_pass_ids, self.seen = self.seen, _IdSet()
-
-    def _update_two_pass_scores(self, given: Dict[str, Optional[Tensor]], sp_map: Tensor, ids: Tensor,
-                                exclude: Optional[Tensor]) -> None:
-        given, sp_map, ids, exclude = self._sorted_batch(given, sp_map, ids, exclude)
-        st = self.stats
-        s = self.num_superpixels
-        cand = candidates(sp_map, s, exclude, validate_args=False)
-        if self.strategy == "revisiting_sp":
-            u, dom = self._revisiting_terms(given["probs"], sp_map)
-            score = revisiting_score(u, dom, st).reshape(-1)
-        else:
-            logits = given["logits"]
-            self._check_logits(logits)
-            weight = pixelbal_weight(st["mass"].to(logits.device), st["pixels"].to(logits.device),
-                                     self.options["mu"], compute_dtype(logits))
-            pixel = pixelbal_pixel_score(logits, weight)
-            score = aggregate(pixel, sp_map, s, self.aggregation, validate_args=False).reshape(-1)
-        index, value = topk(score, self.budget, candidates=cand.reshape(-1), allow_partial=True,
-                            validate_args=False)
-        self._count(cand)
-        g = self._global(ids, index // s, index % s)
-        self._push(value.reshape(1, -1), g.reshape(1, -1))
 
     # ------------------------------------------------------------------------------------------------ compute
 
@@ -681,7 +619,7 @@ class StreamingSelector:
                                  f"(or different ids)")
         self._flush(force=True)
         device = self.device if self.device is not None else torch.device("cpu")
-        dtype = self.dtype if self.dtype is not None else _default_dtype(self.strategy)
+        dtype = self.dtype if self.dtype is not None else self.spec.dtype
         p = int(self.columns.numel()) if self.budget > 0 else 0
         if self.buffer is None:
             scores = torch.empty(p, 0, dtype=dtype, device=device)
@@ -694,7 +632,7 @@ class StreamingSelector:
             device = scores.device
         total = int(total)
         budget = self.budget
-        if self.strategy in _PER_CLASS:
+        if self.spec.kind == "per_class":
             return self._finish_per_class(scores, g, total, allow_partial, dtype, device)
         valid = g[0] != _SENTINEL if g.shape[0] else torch.zeros(0, dtype=torch.bool, device=device)
         kept_scores = scores[0][valid] if g.shape[0] else scores.new_zeros(0)
@@ -764,7 +702,8 @@ class StreamingSelector:
                              f"{sorted(str(_DTYPES[k]) for k in codes)}")
         units = {int(m[4]) for m in metas if m[2]}
         if len(units) > 1:
-            raise ValueError("Expected every rank's batches to have the same H, W (balent_pixel)")
+            raise ValueError(f"Expected every rank's batches to have the same H, W (strategy {self.strategy!r} "
+                             f"indexes pixels as h * W + w)")
         return metas
 
     def _reduce_stats(self) -> None:
@@ -780,18 +719,13 @@ class StreamingSelector:
             classes = [int(m) for m in self._all_gather(torch.tensor([c], device=comm))]
             c = max(classes)
             self.num_classes = c
-            if self.strategy == "revisiting_sp":
-                st.update(lo=torch.tensor(float("inf"), dtype=dtype), hi=torch.tensor(float("-inf"), dtype=dtype),
-                          counts=torch.zeros(c, dtype=torch.long), cand=torch.zeros((), dtype=torch.long))
-            else:
-                # the (hi, lo) limb sums of class_mass
-                st.update(mass=torch.zeros(2, c, dtype=torch.long), pixels=torch.zeros((), dtype=torch.long))
+            st.update(self._checked(self.spec.neutral(c, dtype), "neutral"))
         else:
             self._all_gather(torch.tensor([self.num_classes], device=comm))
-        ops = {"lo": dist.ReduceOp.MIN, "hi": dist.ReduceOp.MAX}
+        ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
         for key in sorted(st):
             t = st[key].to(comm).clone()
-            dist.all_reduce(t, op=ops.get(key, dist.ReduceOp.SUM), group=self.group)
+            dist.all_reduce(t, op=ops[self.spec.reduce[key]], group=self.group)
             st[key] = t.to(self.device if self.device is not None else "cpu")
 
     def _gather(self, scores: Tensor, g: Tensor, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, torch.dtype]:
@@ -822,6 +756,5 @@ class StreamingSelector:
 
 _DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
-
-def _default_dtype(strategy: str) -> torch.dtype:
-    return torch.float64 if strategy == "random" else torch.float32
+# How a statistic of a "pool_stats" stream combines over batches (over ranks: the all-reduce of the same name).
+_MERGE = {"sum": torch.add, "min": torch.minimum, "max": torch.maximum}

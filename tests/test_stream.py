@@ -393,12 +393,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_distributed_gloo_two_processes(tmp_path):
-    """Two gloo processes, each streaming its shard with global ids: every rank gets the single-process result."""
+def run_gloo(worker, tmp_path):
+    """Run ``worker`` (a script's text) in two gloo processes; they find the tests in TEST_DIR and the repository
+    in REPO_DIR, and save what each rank returns as OUT_DIR/rank{r}.pt. Returns the two ranks' saved objects."""
     script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
+    script.write_text(worker)
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2",
-               TEST_DIR=os.path.dirname(__file__), OUT_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+               TEST_DIR=os.path.dirname(__file__), OUT_DIR=str(tmp_path), OMP_NUM_THREADS="1",
+               REPO_DIR=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     procs = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) for r in range(2)]
     logs = []
@@ -410,8 +412,13 @@ def test_distributed_gloo_two_processes(tmp_path):
             if p.poll() is None:
                 p.kill()
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+
+def test_distributed_gloo_two_processes(tmp_path):
+    """Two gloo processes, each streaming its shard with global ids: every rank gets the single-process result."""
+    results = run_gloo(_WORKER, tmp_path)
     pool = make_pool(11, 4, 6, 6, 5, seed=21)
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     everything = [torch.arange(11)]
     for name, budget in (("oreal", 9), ("entropy", 6), ("revisiting_sp", 7), ("pixelbal", 5), ("random", 8),
                          ("balent_pixel", 10), ("cbal", 6)):

@@ -90,7 +90,8 @@ def check_crf_options(iterations: object, window: object, blur: object, spatial_
             _check_number(bilateral_sigma_color, "bilateral_sigma_color", positive=True))
 
 
-def _check_images(images: object, spatial: tuple, like: Tensor, validate_args: bool) -> Tensor:
+def check_crf_images(images: object, spatial: tuple, like: Tensor, validate_args: bool) -> Tensor:
+    """``images`` fit ``probs`` (N, H, W, device); with ``validate_args``, floating point colours lie in [0, 1]."""
     if not isinstance(images, Tensor) or images.ndim not in (3, 4):
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"Expected `images` to be a Tensor[N, channels, H, W] or Tensor[N, H, W], but got {shape}")
@@ -225,7 +226,7 @@ def crf_refine(probs: Tensor, images: Tensor, *, iterations: int = 5, window: in
     check_float(probs, "probs", ndim=4)
     probs = probs.detach()  # refinement never needs gradients
     n, _, h, w = probs.shape
-    _check_images(images, (n, h, w), probs, validate_args)
+    check_crf_images(images, (n, h, w), probs, validate_args)
     iterations, window, blur, *params = check_crf_options(iterations, window, blur, spatial_weight, spatial_sigma,
                                                           bilateral_weight, bilateral_sigma_xy, bilateral_sigma_color)
     if validate_args and probs.numel():

@@ -116,7 +116,7 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
     ``transform(plane, buffer, columns)`` may rewrite a chunk of a class plane before the reduction: ``plane`` is
     ``(N, P')`` in the compute dtype (half inputs are upcast first), ``columns`` the slice of flattened pixel
     positions ``h * W + w`` it covers, and ``buffer`` a same-shaped scratch tensor it may write into and return.
-    ``identity``, when given, is a start value no pixel can beat (0.5 for a ``min`` of ``|p - 0.5|``): empty
+    ``identity``, when given, is a start value no pixel can beat (0 for a ``max`` of ``min(p, 1 - p)``): empty
     superpixels then keep it and the pixel-count fix-up is skipped; otherwise empty superpixels get 0.
     """
     n, c = score.shape[:2]

@@ -189,8 +189,11 @@ def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, ca
     return index, cls, scores[index, cls]
 
 
-def _distance_to_half(plane: Tensor, buffer: Tensor, columns: slice) -> Tensor:
-    return torch.sub(plane, 0.5, out=buffer).abs_()
+def _distance_from_certain(plane: Tensor, buffer: Tensor, columns: slice) -> Tensor:
+    """``min(p, 1 - p)``, exact: ``1 - p`` is exact for ``p >= 0.5`` (Sterbenz) and not taken below 0.5."""
+    if plane.data_ptr() == buffer.data_ptr():  # upcast half plane already in the buffer
+        return torch.minimum(plane, 1 - plane, out=buffer)
+    return torch.minimum(plane, torch.sub(1, plane, out=buffer), out=buffer)
 
 
 def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, aggregation: str = "max", *,
@@ -198,9 +201,11 @@ def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, 
     """One-vs-rest entropy of each superpixel and class, OREAL's ``S[g, c]``, without a full-size temporary.
 
     ``max`` uses the exact shortcut of SPEC §2: the binary entropy is symmetric about 0.5 and increasing below
-    it, so ``max_{x in g} h(p_c(x)) = h(0.5 - min_{x in g} |p_c(x) - 0.5|)``; the logarithms are taken on
-    ``N * S * C`` numbers instead of ``N * C * H * W``. ``mean`` averages ``h(p_c(x))`` one class plane at a
-    time. Empty superpixels get 0.
+    it, so ``max_{x in g} h(p_c(x)) = h(max_{x in g} min(p_c(x), 1 - p_c(x)))``; the logarithms are taken on
+    ``N * S * C`` numbers instead of ``N * C * H * W``. ``min(p, 1 - p)`` is exact in binary floating point, so
+    the result is the binary entropy of the pixel that maximises ``h`` for every representable ``p``, down to
+    the subnormals (the form ``h(0.5 - min |p - 0.5|)`` would round ``p < 1.5e-8`` to 0 in float32). ``mean``
+    averages ``h(p_c(x))`` one class plane at a time. Empty superpixels get 0.
 
     Args:
         probs (Tensor[N, C, H, W]): softmax probabilities.
@@ -229,9 +234,9 @@ def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, 
 
 def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation: str) -> Tensor:
     if aggregation == "max":
-        # min |p - 0.5| per superpixel; 0.5 is the identity (no pixel is farther), so empty ones give h(0) = 0.
-        distance = per_class(probs, index, num_superpixels, "min", _distance_to_half, identity=0.5)
-        return binary_entropy(0.5 - distance)
+        # max min(p, 1 - p) per superpixel; 0 is the identity (no pixel is lower), so empty ones give h(0) = 0.
+        nearest_half = per_class(probs, index, num_superpixels, "max", _distance_from_certain, identity=0.0)
+        return binary_entropy(nearest_half)
     return per_class(probs, index, num_superpixels, "mean", lambda p, *_: binary_entropy(p))
 
 

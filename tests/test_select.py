@@ -174,3 +174,59 @@ def test_select_with_small_chunks_matches_reference(aggregation, monkeypatch):
     sel = oreal.select(probs, sp, counts, 9, num_superpixels=8, exclude=exclude, aggregation=aggregation)
     expected = ref.select(probs.numpy(), sp.numpy(), counts.tolist(), 9, 8, exclude.numpy(), aggregation)
     assert as_rows(sel) == [(n, s, c) for n, s, c, _ in expected]
+
+
+def literal_max_ovr_entropy(probs, sp, s):
+    """``max_{x in g} h(p_c(x))`` literally, pixel by pixel in float64 (no shortcut): (N, S, C) array."""
+    n, c = probs.shape[:2]
+    out = np.zeros((n, s, c))
+    p64 = probs.double().numpy()
+    for i in range(n):
+        for y, x in np.ndindex(*sp.shape[1:]):
+            k = int(sp[i, y, x])
+            if k >= 0:
+                for cls in range(c):
+                    out[i, k, cls] = max(out[i, k, cls], ref.binary_entropy(float(p64[i, cls, y, x])))
+    return out
+
+
+def test_max_ovr_entropy_keeps_tiny_probabilities():
+    # Class 1 is rare and the model confident: p = 1e-12 in superpixel 0, 1e-9 in superpixel 1 (float32).
+    probs = torch.zeros(1, 2, 1, 2)
+    probs[0, 1, 0] = torch.tensor([1e-12, 1e-9])
+    probs[0, 0] = 1 - probs[0, 1]
+    sp = torch.tensor([[[0, 1]]])
+    sel = oreal.select(probs, sp, torch.tensor([5, 0]), 1, num_superpixels=2)
+    assert as_rows(sel) == [(0, 1, 1)]
+    expected = literal_max_ovr_entropy(probs, sp, 2)
+    assert expected[0, 0, 1] == pytest.approx(2.86e-11, rel=1e-2) and expected[0, 1, 1] == pytest.approx(2.17e-8,
+                                                                                                          rel=1e-2)
+    # float32 h(p) = -(p ln p + (1 - p) ln(1 - p)) loses the second term once 1 - p rounds to 1: 1/(1 - ln p) off
+    assert sel.score.item() == oreal.binary_entropy(probs[0, 1, 0, 1]).item()
+    assert sel.score.item() == pytest.approx(expected[0, 1, 1], rel=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_max_ovr_entropy_is_the_literal_max_for_tiny_and_saturated(dtype, chunk, monkeypatch):
+    if chunk:
+        monkeypatch.setattr(sys.modules["oreal.aggregate"], "CPU_CHUNK", chunk)
+    tiny = torch.finfo(dtype).tiny
+    values = [tiny / 8, tiny, 1e-30, 1e-20, 1e-12, 3e-9, 1e-8, 1.5e-8, 2e-8, 1e-7, 1e-3, 0.25, 0.49, 0.5, 0.75,
+              1 - 1e-3, 1 - 1e-7, 1.0, 0.0]
+    g = torch.Generator().manual_seed(0)
+    n, h, w, s = 2, 6, 9, 7
+    # Class 0 takes the listed values (subnormal to saturated) in random places, class 1 is its complement.
+    # h is flat near 0.5 (float32 rounds h(0.4999) to h(0.5)), so 0.49 is the value closest to 0.5.
+    p0 = torch.tensor(values, dtype=dtype)[torch.randint(0, len(values), (n, h, w), generator=g)]
+    probs = torch.stack([p0, 1 - p0], 1)
+    sp = random_sp_map(n, h, w, s, seed=3)
+    fast = oreal.superpixel_ovr_entropy(probs, sp, s)
+    # the literal max of h over the pixels, in the same dtype: bit for bit (the values are far apart, no ties)
+    assert torch.equal(fast, oreal.aggregate(oreal.ovr_entropy(probs), sp, s, "max"))
+    expected = literal_max_ovr_entropy(probs, sp, s)  # float64, pixel by pixel
+    fast = fast.numpy()
+    assert ((fast > 0) == (expected > 0)).all()  # nothing tiny is rounded to 0
+    for cls in range(2):  # every class column ranks as the float64 literal max does
+        assert np.array_equal(np.argsort(-fast[..., cls].ravel(), kind="stable"),
+                              np.argsort(-expected[..., cls].ravel(), kind="stable"))

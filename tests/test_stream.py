@@ -442,3 +442,15 @@ def test_distributed_gloo_two_processes(tmp_path):
 def test_bad_option_values_are_rejected_at_construction(options, error, match):
     with pytest.raises(error, match=match):
         StreamingSelector("pixelbal", num_superpixels=4, budget=2, **options)
+
+
+def test_stream_keeps_tiny_probabilities_of_a_rare_class():
+    # Class 1: p = 1e-12 in image 0, 1e-9 in image 1 (float32); the second is the more uncertain.
+    p1 = torch.tensor([1e-12, 1e-9]).reshape(2, 1, 1, 1)
+    probs = torch.cat([1 - p1, p1], 1)
+    sel = StreamingSelector("oreal", num_superpixels=1, budget=1, labeled_counts=torch.tensor([5, 0]))
+    for i in range(2):
+        sel.update(probs=probs[i:i + 1], sp_map=torch.zeros(1, 1, 1, dtype=torch.long), image_ids=[i])
+    out = sel.compute()
+    assert (out.image.tolist(), out.cls.tolist()) == ([1], [1])
+    assert out.score.item() == oreal.binary_entropy(p1[1]).item() > 0

@@ -161,8 +161,10 @@ def _fine(x: Tensor, blur: int, h: int, w: int) -> Tensor:
 def _mean_field(probs: Tensor, colours: Tensor, iterations: int, window: int, blur: int,
                 params: Tuple[float, ...]) -> Tensor:
     h, w = probs.shape[-2:]
-    offsets = _half_offsets(window)
-    kernels = _kernels(_coarse(colours, blur), offsets, params, blur)
+    colours = _coarse(colours, blur)
+    # Offsets that reach past the (coarse) image pair no pixels.
+    offsets = [(dy, dx) for dy, dx in _half_offsets(window) if dy < colours.shape[-2] and abs(dx) < colours.shape[-1]]
+    kernels = _kernels(colours, offsets, params, blur)
     unary = torch.log(probs)
     q = probs
     for _ in range(iterations):

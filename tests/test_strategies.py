@@ -219,7 +219,7 @@ def test_class_wise_strategies_match_reference(name, agg, seed):
 
 def ref_crf(pool, **crf):
     """The pool's probabilities refined by the dense-loop CRF reference with the default options (7 x 7 window)."""
-    opts = dict(window=7, **crf)
+    opts = {"window": 7, **crf}
     return ref.crf_dense(pool["probs"], pool["images"], opts.pop("iterations", 5), **opts).numpy()
 
 

@@ -38,9 +38,12 @@ def main() -> None:
     parser.add_argument("--blurs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--classes", type=int, default=11)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if len(args.size) != len(args.pool):
         parser.error("give one --size per --pool")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     print(f"{'pool':>5} {'size':>8} {'window':>6} {'blur':>4} {'pass (s)':>9} {'ms/image':>9} {'x read pass':>12}")
     g = torch.Generator().manual_seed(0)

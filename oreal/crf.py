@@ -148,14 +148,30 @@ def _kernels(colours: Tensor, offsets: List[Tuple[int, int]], params: Tuple[floa
 
 def _coarse(x: Tensor, blur: int) -> Tensor:
     """Average over ``blur x blur`` cells; partial cells at the border average the pixels they have."""
-    return x if blur == 1 else F.avg_pool2d(x, blur, ceil_mode=True)
+    if blur == 1:
+        return x
+    h, w = x.shape[-2:]
+    hc, wc = -(-h // blur), -(-w // blur)
+    padded = F.pad(x, (0, wc * blur - w, 0, hc * blur - h))
+    sums = padded[..., ::blur, ::blur].clone()
+    for a in range(blur):  # strided slices in a fixed order (a reduction over the cell dims is much slower)
+        for b in range(blur):
+            if a or b:
+                sums += padded[..., a::blur, b::blur]
+    rows = torch.full((hc, 1), float(blur), dtype=x.dtype, device=x.device)
+    rows[-1] = h - (hc - 1) * blur
+    cols = torch.full((1, wc), float(blur), dtype=x.dtype, device=x.device)
+    cols[0, -1] = w - (wc - 1) * blur
+    return sums / (rows * cols)
 
 
 def _fine(x: Tensor, blur: int, h: int, w: int) -> Tensor:
     """Each pixel takes its cell's value."""
     if blur == 1:
         return x
-    return x.repeat_interleave(blur, dim=-2).repeat_interleave(blur, dim=-1)[..., :h, :w]
+    *lead, hc, wc = x.shape
+    cells = x[..., :, None, :, None].expand(*lead, hc, blur, wc, blur)
+    return cells.reshape(*lead, hc * blur, wc * blur)[..., :h, :w]
 
 
 def _mean_field(probs: Tensor, colours: Tensor, iterations: int, window: int, blur: int,

@@ -27,6 +27,7 @@ from oreal import labels  # noqa: E402,F401  (oreal.labels.region_masks, partial
 from oreal import superpixels  # noqa: E402,F401  (oreal.superpixels.compute; OpenCV / scikit-image imported lazily)
 from oreal import pool  # noqa: E402,F401  (oreal.pool.score_pool: a model and a DataLoader into a StreamingSelector)
 from oreal import semi, weak  # noqa: E402,F401  (weak multi-class labels; pseudo labels and PLAR)
+from oreal import crf  # noqa: E402,F401  (oreal.crf.crf_refine)
 
 __version__ = "0.1.0"
 

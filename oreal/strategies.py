@@ -45,6 +45,7 @@ from oreal._checks import (
 )
 from oreal.aggregate import aggregate, check_sp_map, dominant_labels, flat_index, per_class, scatter_rows
 from oreal.balance import class_counts, class_debt
+from oreal.crf import CRF_DEFAULTS, check_crf_images, crf_refine
 from oreal.select import (
     Selection,
     candidates,
@@ -483,6 +484,30 @@ def _edge_entropy_class(pool: _Pool, aggregation: str, alpha: float, class_mask:
     return _greedy(pool, scores.reshape(-1, probs.shape[1]), _check_class_mask(class_mask, pool))
 
 
+def _crf_refined(pool: _Pool, options: Dict[str, Any]) -> Tensor:
+    """``pool.probs`` refined by :func:`oreal.crf.crf_refine` with the strategy's CRF options. The colour range of
+    ``images`` is always checked (one host sync, small next to the CRF): the bilateral kernel reads integer images as
+    0-255 and floating point ones as ``[0, 1]``."""
+    check_crf_images(pool.images, tuple(pool.sp_map.shape), pool.probs, validate_args=True)
+    return crf_refine(pool.probs, pool.images, validate_args=False, **options)
+
+
+def _sp_crf(pool: _Pool, aggregation: str, **crf: Any) -> Selection:
+    probs = _crf_refined(pool, crf)
+    return _top(pool, _reduce(pool, _pixel_score(entropy, probs), aggregation))
+
+
+def _sp_crf_columns(pool: _Pool, aggregation: str, class_mask: Optional[Tensor], **crf: Any) -> Tensor:
+    """One-vs-rest entropy of the CRF-refined probabilities per superpixel and class, ``(n, S, C)``."""
+    return superpixel_ovr_entropy(_crf_refined(pool, crf), pool.sp_map, pool.num_superpixels, aggregation,
+                                  validate_args=False)
+
+
+def _sp_crf_class(pool: _Pool, aggregation: str, class_mask: Optional[Tensor], **crf: Any) -> Selection:
+    scores = _sp_crf_columns(pool, aggregation, class_mask, **crf)
+    return _greedy(pool, scores.reshape(-1, scores.shape[-1]), _check_class_mask(class_mask, pool))
+
+
 def resolve_options(name: str, aggregation: Optional[str], options: Dict[str, Any]) -> Tuple[Optional[str],
                                                                                            Dict[str, Any]]:
     """The aggregation a strategy runs with (``None`` = its default; ``None`` for strategies without one) and its
@@ -638,6 +663,12 @@ _REGISTRY: Dict[str, _Strategy] = {
                                     "entropy, class debt, per-class greedy (ours)",
                                     ("probs", "images", "labeled_counts"), _MEAN_FIRST,
                                     {"alpha": 1.0, "class_mask": None}, Stream("per_class")),
+    "sp_crf": _Strategy(_sp_crf, "Kasarla et al. 2019: superpixel entropy of CRF-refined predictions (oreal.crf)",
+                        ("probs", "images"), _MEAN_FIRST, dict(CRF_DEFAULTS), _TOP_B),
+    "sp_crf_class": _Strategy(_sp_crf_class, "class-specific SP + CRF: one-vs-rest entropy of CRF-refined "
+                              "predictions, class debt, per-class greedy (ours)", ("probs", "images", "labeled_counts"),
+                              _MEAN_FIRST, dict(CRF_DEFAULTS, class_mask=None),
+                              Stream("per_class", score=_sp_crf_columns)),
 }
 _BUILT_IN = frozenset(_REGISTRY)
 #: The strategy :class:`oreal.stream.StreamingSelector` runs when none is named.

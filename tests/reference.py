@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 from scipy import special
 
 
@@ -156,3 +157,69 @@ def miou(pred, target, c, ignore_index=255):
 def aualc(budgets, mious, full):
     area = sum((budgets[i + 1] - budgets[i]) * (mious[i] + mious[i + 1]) / 2 for i in range(len(budgets) - 1))
     return area / (full * (budgets[-1] - budgets[0]))
+
+
+# ------------------------------------------------------------------------ CRF (torch float64, explicit pair loops)
+
+
+def crf_dense(probs, images, iterations, window=None, w_s=3.0, s_s=3.0, w_b=10.0, s_xy=80.0, s_c=13.0):
+    """Mean field of the Potts CRF with explicit pairwise loops in float64 (window=None: every pair)."""
+    n, c, h, w = probs.shape
+    p = probs.double()
+    col = images.double() * (255 if images.is_floating_point() else 1)
+    if col.ndim == 3:
+        col = col[:, None]
+    out = torch.empty_like(p)
+    pix = [(y, x) for y in range(h) for x in range(w)]
+    for b in range(n):
+        k = torch.zeros(h * w, h * w, dtype=torch.float64)
+        for a, (yi, xi) in enumerate(pix):
+            for j, (yj, xj) in enumerate(pix):
+                if a == j:
+                    continue
+                if window is not None and (abs(yi - yj) > window // 2 or abs(xi - xj) > window // 2):
+                    continue
+                d2 = (yi - yj) ** 2 + (xi - xj) ** 2
+                dc = float(((col[b, :, yi, xi] - col[b, :, yj, xj]) ** 2).sum())
+                k[a, j] = w_s * math.exp(-d2 / (2 * s_s ** 2)) + w_b * math.exp(-d2 / (2 * s_xy ** 2) - dc / (2 * s_c ** 2))
+        unary = p[b].reshape(c, -1).log()
+        q = p[b].reshape(c, -1)
+        for _ in range(iterations):
+            msg = q @ k.T  # msg[l, i] = sum_j k(i, j) q[l, j]
+            q = torch.softmax(unary + msg, dim=0)
+        out[b] = q.reshape(c, h, w)
+    return out
+
+
+def crf_blurred(probs, images, iterations, window, blur, w_s=3.0, s_s=3.0, w_b=10.0, s_xy=80.0, s_c=13.0):
+    """Messages between the cells of a grid `blur` times coarser, written with loops in float64."""
+    n, c, h, w = probs.shape
+    col = images.double() * (255 if images.is_floating_point() else 1)
+    col = col[:, None] if col.ndim == 3 else col
+    hc, wc = -(-h // blur), -(-w // blur)
+    cells = [(a, b) for a in range(hc) for b in range(wc)]
+
+    def cell_mean(x, a, b):  # x (channels, h, w): mean over the pixels of cell (a, b)
+        return x[:, a * blur:(a + 1) * blur, b * blur:(b + 1) * blur].reshape(x.shape[0], -1).mean(1)
+
+    out = torch.empty(n, c, h, w, dtype=torch.float64)
+    for i in range(n):
+        cc = [cell_mean(col[i], a, b) for a, b in cells]
+        k = torch.zeros(len(cells), len(cells), dtype=torch.float64)
+        for u, (a, b) in enumerate(cells):
+            for v, (a2, b2) in enumerate(cells):
+                if u != v and abs(a - a2) <= window // 2 and abs(b - b2) <= window // 2:
+                    d2 = ((a - a2) ** 2 + (b - b2) ** 2) * blur * blur
+                    dc = float(((cc[u] - cc[v]) ** 2).sum())
+                    k[u, v] = w_s * math.exp(-d2 / (2 * s_s ** 2)) + w_b * math.exp(-d2 / (2 * s_xy ** 2) - dc / (2 * s_c ** 2))
+        unary = probs[i].double().log()
+        q = probs[i].double()
+        for _ in range(iterations):
+            qc = torch.stack([cell_mean(q, a, b) for a, b in cells], 1)  # (c, cells)
+            msg = qc @ k.T
+            full = torch.empty(c, h, w, dtype=torch.float64)
+            for u, (a, b) in enumerate(cells):
+                full[:, a * blur:(a + 1) * blur, b * blur:(b + 1) * blur] = msg[:, u, None, None]
+            q = torch.softmax(unary + full, dim=0)
+        out[i] = q
+    return out

@@ -16,8 +16,8 @@ from tests import reference as ref
 from tests.conftest import random_sp_map
 
 ALL = ["random", "entropy", "bvsb", "margin", "revisiting_sp", "pixelbal", "cbal", "cbal_milp", "oreal",
-       "oreal_mean", "bald", "balent", "balent_pixel", "edge_entropy", "edge_entropy_class"]
-CLASS_WISE = {"oreal", "oreal_mean", "edge_entropy_class"}
+       "oreal_mean", "bald", "balent", "balent_pixel", "edge_entropy", "edge_entropy_class", "sp_crf", "sp_crf_class"]
+CLASS_WISE = {"oreal", "oreal_mean", "edge_entropy_class", "sp_crf_class"}
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
@@ -197,7 +197,8 @@ def test_options_reach_the_formula(name, opts):
 
 
 @pytest.mark.parametrize("name, agg", [("oreal", "max"), ("oreal", "mean"), ("oreal_mean", "mean"),
-                                       ("edge_entropy_class", "mean"), ("edge_entropy_class", "max")])
+                                       ("edge_entropy_class", "mean"), ("edge_entropy_class", "max"),
+                                       ("sp_crf_class", "mean"), ("sp_crf_class", "max")])
 @pytest.mark.parametrize("seed", [0, 4])
 def test_class_wise_strategies_match_reference(name, agg, seed):
     pool = make_pool(seed, c=4, n=3)
@@ -206,13 +207,46 @@ def test_class_wise_strategies_match_reference(name, agg, seed):
     p = np_pool(pool)
     s = p["num_superpixels"]
     weight = ref_sobel_weight(p["images"], 1.0) if name == "edge_entropy_class" else None
-    scores = ref_class_scores(p["probs"], p["sp_map"], s, agg, weight)
+    probs = ref_crf(pool) if name == "sp_crf_class" else p["probs"]
+    scores = ref_class_scores(probs, p["sp_map"], s, agg, weight)
     counts = [int(v) for v in p["labeled_counts"]]
     expected = ref.greedy(scores, ref.water_filling(counts, budget), counts,
                           ref_candidates(p["sp_map"], s, p["exclude"]).reshape(-1))
     assert picks(sel) == [(g // s, g % s) for g, _, _ in expected]
     assert sel.cls.tolist() == [c for _, c, _ in expected]
     np.testing.assert_allclose(sel.score.numpy(), [v for _, _, v in expected], rtol=1e-9, atol=1e-12)
+
+
+def ref_crf(pool, **crf):
+    """The pool's probabilities refined by the dense-loop CRF reference with the default options (7 x 7 window)."""
+    opts = {"window": 7, **crf}
+    return ref.crf_dense(pool["probs"], pool["images"], opts.pop("iterations", 5), **opts).numpy()
+
+
+@pytest.mark.parametrize("agg", ["mean", "max"])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_sp_crf_is_superpixel_entropy_of_the_crf_refined_probabilities(agg, seed):
+    pool = make_pool(seed, n=3)
+    sel = run("sp_crf", pool, 6, aggregation=agg)
+    p = np_pool(pool)
+    refined = ref.aggregate(ref.pixel_scores(ref_crf(pool), ref.entropy), p["sp_map"], 6, agg)
+    expected, scores = ref_top(refined, ref_candidates(p["sp_map"], 6, p["exclude"]), 6)
+    assert picks(sel) == expected
+    np.testing.assert_allclose(sel.score.numpy(), scores, rtol=1e-9, atol=1e-12)
+    # The CRF options reach the refinement; uint8 images are read as 0-255 colours.
+    pool8 = dict(pool, images=(pool["images"] * 255).round().to(torch.uint8))
+    sel = run("sp_crf", pool8, 6, aggregation=agg, iterations=2, window=3, spatial_weight=1.0)
+    refined = ref.aggregate(ref.pixel_scores(ref_crf(pool8, iterations=2, window=3, w_s=1.0), ref.entropy),
+                            p["sp_map"], 6, agg)
+    assert picks(sel) == ref_top(refined, ref_candidates(p["sp_map"], 6, p["exclude"]), 6)[0]
+
+
+def test_sp_crf_rejects_images_out_of_colour_range():
+    pool = make_pool(1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        run("sp_crf", dict(pool, images=pool["images"] * 255), 3)
+    with pytest.raises(ValueError, match="window"):
+        run("sp_crf_class", pool, 3, window=4)
 
 
 def test_oreal_default_is_max_and_matches_select():

@@ -116,7 +116,7 @@ def _colours(images: Tensor, dtype: torch.dtype) -> Tensor:
     x = images.to(dtype)
     if images.is_floating_point():
         x = x * 255
-    return x if x.ndim == 4 else x.unsqueeze(1)
+    return (x if x.ndim == 4 else x.unsqueeze(1)).contiguous()
 
 
 def _half_offsets(window: int) -> List[Tuple[int, int]]:
@@ -249,7 +249,9 @@ def crf_refine(probs: Tensor, images: Tensor, *, iterations: int = 5, window: in
                                                           bilateral_weight, bilateral_sigma_xy, bilateral_sigma_color)
     if validate_args and probs.numel():
         validate_probabilities(probs)
-    p = probs.to(compute_dtype(probs))
+    # Contiguous (N, C, H, W): the sums over classes and colour channels then add in one order whatever the
+    # caller's memory layout, so equal values give equal results (channels_last included).
+    p = probs.to(compute_dtype(probs)).contiguous()
     if iterations == 0 or window == 1 or p.numel() == 0:
         return p.clone()  # never the caller's tensor itself
     per_image = (len(_half_offsets(window)) // (blur * blur) + 4 * p.shape[1]) * h * w

@@ -161,7 +161,7 @@ def _train(exp, st, a, log):
     if st["model"]:
         model.load_state_dict(st["model"])
     log(f"training on {int(st['labeled'].sum())} labeled superpixels (round {r})")
-    model, info = exp._train(model, st["labeled"], st["sp_labels"], _sub_seed("train", a.seed, r))
+    model, info = exp._train(model, exp.target(st), _sub_seed("train", a.seed, r))
     st["model"], st["trained_round"] = model.state_dict(), r
     counts = oreal.class_counts(st["sp_labels"][st["labeled"]], exp.C)
     st["history"].append({"round": r, "clicks": st["clicks"], "test_miou": info["test_miou"],

@@ -28,6 +28,7 @@ STRATEGY_COLORS = {
     "bvsb": (0, 136, 86), "margin": (141, 182, 0), "revisiting_sp": (135, 86, 146), "pixelbal": (243, 132, 0),
     "cbal": (255, 0, 255), "cbal_milp": (194, 178, 128), "bald": (96, 78, 151), "balent": (230, 143, 172),
     "balent_pixel": (179, 68, 108), "edge_entropy": (0, 190, 190), "edge_entropy_class": (120, 255, 120),
+    "sp_crf": (160, 82, 45), "sp_crf_class": (0, 0, 128),
 }
 
 

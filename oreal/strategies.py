@@ -45,7 +45,7 @@ from oreal._checks import (
 )
 from oreal.aggregate import aggregate, check_sp_map, dominant_labels, flat_index, per_class, scatter_rows
 from oreal.balance import class_counts, class_debt
-from oreal.crf import CRF_DEFAULTS, check_crf_images, crf_refine
+from oreal.crf import CRF_DEFAULTS, check_crf_images, check_crf_options, crf_refine
 from oreal.select import (
     Selection,
     candidates,
@@ -535,7 +535,8 @@ def check_options(options: Dict[str, Any]) -> None:
     ``lam``, ``mu``, ``alpha``: finite numbers ``>= 0`` (a negative weight inverts what the method ranks: balance
     for ``lam``, the rare-class preference for ``mu``, the edge preference for ``alpha``; ``0`` switches the term
     off). ``temperature``: a finite number ``> 0``. ``time_limit``: ``None`` (no limit) or a finite number of
-    seconds ``> 0``. ``max_candidates``: an integer ``>= 1``.
+    seconds ``> 0``. ``max_candidates``: an integer ``>= 1``. The CRF options of ``sp_crf`` and ``sp_crf_class``:
+    as :func:`oreal.crf.crf_refine` checks them.
     """
     for key, positive in (("lam", False), ("mu", False), ("alpha", False), ("temperature", True),
                           ("time_limit", True)):
@@ -551,6 +552,8 @@ def check_options(options: Dict[str, Any]) -> None:
                              f"but got {value}")
     if "max_candidates" in options:
         check_int(options["max_candidates"], "max_candidates", minimum=1)
+    if CRF_DEFAULTS.keys() <= options.keys():
+        check_crf_options(*(options[key] for key in CRF_DEFAULTS))
 
 
 # ----------------------------------------------------------------------------------------------------- registry

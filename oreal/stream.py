@@ -359,7 +359,8 @@ class StreamingSelector:
             logits (Tensor[n, C, H, W], optional): raw logits (the strategies that use ``logits``).
             mc_probs (Tensor[n, K, C, H, W], optional): MC-dropout probabilities (the strategies that use
                 ``mc_probs``).
-            images (Tensor[n, channels, H, W] or Tensor[n, H, W], optional): the images (edge strategies).
+            images (Tensor[n, channels, H, W] or Tensor[n, H, W], optional): the images (edge strategies;
+                for ``sp_crf`` and ``sp_crf_class`` uint8 0-255 or floats in ``[0, 1]``).
             exclude (Tensor[n, S] bool, optional): already-labeled superpixels (``Tensor[n, H, W]`` pixels for
                 a pixel-level strategy).
         """

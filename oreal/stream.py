@@ -202,7 +202,7 @@ class StreamingSelector:
         group: the ``torch.distributed`` process group (default: the world).
         validate_args: check each batch's values (probabilities, ids; host syncs).
         **options: the strategy's options, as in :func:`oreal.strategies.query` (``class_mask``, ``lam``,
-            ``temperature``, ``mu``, ``alpha``).
+            ``temperature``, ``mu``, ``alpha``, the CRF options of ``sp_crf`` and ``sp_crf_class``).
 
     Example:
         >>> g = torch.Generator().manual_seed(42)

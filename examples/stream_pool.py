@@ -48,6 +48,7 @@ class GeneratedPool(Dataset):
             y, x = torch.randint(0, SIZE - 8, (2,), generator=g).tolist()
             h, w = torch.randint(4, 16, (2,), generator=g).tolist()
             image[:, y:y + h, x:x + w] += torch.rand(3, 1, 1, generator=g)
+        image.clamp_(0, 1)  # colours in [0, 1]: the CRF strategies read the image as colours
         labeled = torch.rand(S, generator=g) < self.labeled_fraction  # superpixels labeled in earlier rounds
         return {"image": image, "sp_map": self.sp_map, "labeled": labeled, "index": i}
 

@@ -28,6 +28,7 @@ from oreal import superpixels  # noqa: E402,F401  (oreal.superpixels.compute; Op
 from oreal import pool  # noqa: E402,F401  (oreal.pool.score_pool: a model and a DataLoader into a StreamingSelector)
 from oreal import semi, weak  # noqa: E402,F401  (weak multi-class labels; pseudo labels and PLAR)
 from oreal import crf  # noqa: E402,F401  (oreal.crf.crf_refine)
+from oreal import export  # noqa: E402,F401  (oreal.export: Label Studio tasks and answers; torch and stdlib only)
 
 __version__ = "0.1.0"
 

@@ -73,7 +73,9 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
 
     **Batch format** (what ``loader`` yields): a dict with
 
-    - ``"image"`` (Tensor[n, 3, H, W]): the model input, as the model expects it (normalised);
+    - ``"image"`` (Tensor[n, 3, H, W]): the model input, as the model expects it; the strategies that take
+      ``images`` get it too, and for ``sp_crf`` and ``sp_crf_class`` it is the CRF's colours, so it must then be
+      uint8 0-255 or floats in ``[0, 1]`` (normalise inside the model: mean/std-normalised inputs raise);
     - ``"sp_map"`` (Tensor[n, H, W]): integer superpixel ids in ``[0, S)``, ``-1`` for none;
     - ``"index"`` (Tensor[n] int): the dataset index of each image, unique over the pool; it is the image id
       given to the selector, so ``Selection.image`` holds dataset indices;
@@ -86,7 +88,7 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
     ``{"out": ...}`` dict, as torchvision's segmentation models return, is unpacked; ``forward(model, image)``
     replaces the call); then ``selector.update`` gets what the strategy needs
     (:func:`oreal.strategies.requirements`): ``probs = softmax(logits, 1)`` (half logits in float32), ``logits``,
-    the ``image`` (edge strategies), and for ``bald``, ``balent``, ``balent_pixel`` ``mc_probs`` of shape
+    the ``image`` (edge and CRF strategies), and for ``bald``, ``balent``, ``balent_pixel`` ``mc_probs`` of shape
     ``(n, K, C, H, W)`` from ``K = mc_samples`` forward passes with the dropout layers in train mode (everything
     else, batch norm included, in eval mode). The two-pass strategies (``revisiting_sp``, ``pixelbal``) get a
     second pass over ``loader`` after ``selector.next_pass()``. The model's train/eval flags are restored

@@ -392,7 +392,8 @@ def query_undecided(name: str, *, fraction: Tensor, min_fraction: float = 0.5, b
     Args:
         name: a superpixel strategy of :func:`oreal.strategies.available` (not the pixel-level
             ``balent_pixel``).
-        fraction (Tensor[N, S]): :func:`undecided_fraction`.
+        fraction (Tensor[N, S]): :func:`undecided_fraction`, values in ``[0, 1]`` (checked unless
+            ``validate_args=False`` is among ``query_args``; host sync).
         min_fraction: the least undecided fraction of a superpixel the first run may pick, in ``[0, 1]``
             (0.5 by default: most of its pixels undecided).
         backfill: complete the budget from the other candidates when too few are undecided.
@@ -416,7 +417,15 @@ def query_undecided(name: str, *, fraction: Tensor, min_fraction: float = 0.5, b
         ([1, 3], 3)
     """
     min_fraction = check_fraction(min_fraction, "min_fraction")
+    if strategies.requirements(name)["pixels"]:
+        raise ValueError(f"Expected a superpixel strategy, but got the pixel-level {name!r} (its units are pixels, "
+                         f"not the superpixels of `fraction`)")
     check_float(fraction, "fraction", ndim=2)
+    if query_args.get("validate_args", True) and fraction.numel():
+        lo, hi = torch.aminmax(fraction)
+        if not (bool(lo >= 0) and bool(hi <= 1)):  # NaN fails both
+            raise ValueError(f"Expected `fraction` to hold undecided fractions in [0, 1] (undecided_fraction), but "
+                             f"got values in [{float(lo):.4g}, {float(hi):.4g}]")
     sp_map, num_superpixels = query_args.get("sp_map"), query_args.get("num_superpixels")
     if isinstance(sp_map, Tensor) and sp_map.ndim == 3 and isinstance(num_superpixels, int):
         check_shape(fraction, "fraction", (sp_map.shape[0], num_superpixels), "= (N, S) to match sp_map")

@@ -45,7 +45,7 @@ from oreal._checks import (
 )
 from oreal.aggregate import aggregate, check_sp_map, dominant_labels, flat_index, per_class, scatter_rows
 from oreal.balance import class_counts, class_debt
-from oreal.crf import CRF_DEFAULTS, check_crf_images, crf_refine
+from oreal.crf import CRF_DEFAULTS, check_crf_images, check_crf_options, crf_refine
 from oreal.select import (
     Selection,
     candidates,
@@ -535,7 +535,8 @@ def check_options(options: Dict[str, Any]) -> None:
     ``lam``, ``mu``, ``alpha``: finite numbers ``>= 0`` (a negative weight inverts what the method ranks: balance
     for ``lam``, the rare-class preference for ``mu``, the edge preference for ``alpha``; ``0`` switches the term
     off). ``temperature``: a finite number ``> 0``. ``time_limit``: ``None`` (no limit) or a finite number of
-    seconds ``> 0``. ``max_candidates``: an integer ``>= 1``.
+    seconds ``> 0``. ``max_candidates``: an integer ``>= 1``. The CRF options of ``sp_crf`` and ``sp_crf_class``:
+    as :func:`oreal.crf.crf_refine` checks them.
     """
     for key, positive in (("lam", False), ("mu", False), ("alpha", False), ("temperature", True),
                           ("time_limit", True)):
@@ -551,6 +552,8 @@ def check_options(options: Dict[str, Any]) -> None:
                              f"but got {value}")
     if "max_candidates" in options:
         check_int(options["max_candidates"], "max_candidates", minimum=1)
+    if CRF_DEFAULTS.keys() <= options.keys():
+        check_crf_options(*(options[key] for key in CRF_DEFAULTS))
 
 
 # ----------------------------------------------------------------------------------------------------- registry
@@ -868,13 +871,16 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
     balent_pixel                  mc_probs                                           none (pixels)
     edge_entropy                  probs, images                                      mean, max
     edge_entropy_class            probs, images, labeled_counts                      mean, max
+    sp_crf                        probs, images                                      mean, max
+    sp_crf_class                  probs, images, labeled_counts                      mean, max
     ============================  =================================================  ====================
 
     Options (keyword arguments, SPEC defaults; ranges in :func:`check_options`): pixelbal ``temperature=0.1,
     mu=6.0`` (12 for VOC); cbal ``lam=2.0``; cbal_milp ``lam=0.6, max_candidates=2000, time_limit=60.0``
     (seconds; ``None`` = no limit);
-    oreal, oreal_mean, cbal, cbal_milp and edge_entropy_class ``class_mask=None`` (``Tensor[C]`` bool,
-    ``False`` leaves a class out of balancing); edge_entropy and edge_entropy_class ``alpha=1.0``.
+    oreal, oreal_mean, cbal, cbal_milp, edge_entropy_class and sp_crf_class ``class_mask=None`` (``Tensor[C]``
+    bool, ``False`` leaves a class out of balancing); edge_entropy and edge_entropy_class ``alpha=1.0``; sp_crf
+    and sp_crf_class the options of :func:`oreal.crf.crf_refine` (:data:`oreal.crf.CRF_DEFAULTS`).
 
     Args:
         name: a key of :func:`available`.
@@ -885,7 +891,8 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
         logits (Tensor[N, C, H, W], optional): raw logits, for ``pixelbal`` (never derived from ``probs``).
         mc_probs (Tensor[N, K, C, H, W], optional): softmax probabilities of ``K`` MC-dropout passes.
         images (Tensor[N, channels, H, W] or Tensor[N, H, W], optional): the pool images, for the edge
-            strategies; any value scale (the gradient is normalised per image).
+            strategies (any value scale: the gradient is normalised per image) and the CRF ones (integer images
+            are 0-255 colours, floating point ones colours in ``[0, 1]``).
         labeled_counts (Tensor[C], optional): int64 labeled superpixels per (dominant) class, ``n_c``.
         exclude (Tensor[N, S] bool, optional): superpixels that must not be picked (already labeled). For
             ``balent_pixel`` it is a pixel mask, ``Tensor[N, H, W]`` bool.
@@ -897,8 +904,8 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
 
     Returns:
         Selection: ``image``, ``superpixel`` (flat pixel index ``h * W + w`` for ``balent_pixel``), ``cls``
-        (the class that took the pick for oreal, oreal_mean and edge_entropy_class; ``-1`` otherwise) and the
-        ``score`` it was ranked by, in pick order, on ``sp_map``'s device.
+        (the class that took the pick for oreal, oreal_mean, edge_entropy_class and sp_crf_class; ``-1``
+        otherwise) and the ``score`` it was ranked by, in pick order, on ``sp_map``'s device.
 
     Raises:
         ValueError: unknown ``name``, missing input, unsupported aggregation, unknown option, bad shapes or

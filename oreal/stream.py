@@ -202,7 +202,7 @@ class StreamingSelector:
         group: the ``torch.distributed`` process group (default: the world).
         validate_args: check each batch's values (probabilities, ids; host syncs).
         **options: the strategy's options, as in :func:`oreal.strategies.query` (``class_mask``, ``lam``,
-            ``temperature``, ``mu``, ``alpha``).
+            ``temperature``, ``mu``, ``alpha``, the CRF options of ``sp_crf`` and ``sp_crf_class``).
 
     Example:
         >>> g = torch.Generator().manual_seed(42)
@@ -359,7 +359,8 @@ class StreamingSelector:
             logits (Tensor[n, C, H, W], optional): raw logits (the strategies that use ``logits``).
             mc_probs (Tensor[n, K, C, H, W], optional): MC-dropout probabilities (the strategies that use
                 ``mc_probs``).
-            images (Tensor[n, channels, H, W] or Tensor[n, H, W], optional): the images (edge strategies).
+            images (Tensor[n, channels, H, W] or Tensor[n, H, W], optional): the images (edge strategies;
+                for ``sp_crf`` and ``sp_crf_class`` uint8 0-255 or floats in ``[0, 1]``).
             exclude (Tensor[n, S] bool, optional): already-labeled superpixels (``Tensor[n, H, W]`` pixels for
                 a pixel-level strategy).
         """

@@ -145,3 +145,23 @@ def test_bad_inputs():
         crf_refine(probs, images > 0)
     with pytest.raises(ValueError, match="images"):
         crf_refine(probs, images[0, 0, 0])
+
+
+@pytest.mark.parametrize("name", ["sp_crf", "sp_crf_class"])
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(window=4), ValueError, "odd"),
+    (dict(blur=0), ValueError, "blur"),
+    (dict(spatial_weight="3"), TypeError, "spatial_weight"),
+])
+def test_bad_crf_options_raise_when_the_stream_is_made_as_in_query(name, kwargs, err, match):
+    from oreal import strategies
+    from oreal.stream import StreamingSelector
+    probs, images = _inputs(11)
+    counts = torch.zeros(probs.shape[1], dtype=torch.long)
+    sp_map = torch.zeros(probs.shape[0], *probs.shape[2:], dtype=torch.long)
+    extra = dict(labeled_counts=counts) if name == "sp_crf_class" else {}
+    with pytest.raises(err, match=match):
+        strategies.query(name, probs=probs, images=images, sp_map=sp_map, num_superpixels=1, budget=1, **extra,
+                         **kwargs)
+    with pytest.raises(err, match=match):  # before any batch, like the strategies' other options
+        StreamingSelector(name, num_superpixels=1, budget=1, **extra, **kwargs)

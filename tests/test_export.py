@@ -566,3 +566,16 @@ def test_cli_push_resumes_after_a_failed_import_and_refuses_other_projects(tmp_p
             "choices": [names[int(dom[n, s])] if dom[n, s] >= 0 else L.VOID]}}]}]
     st = L.pull(exp, args, server, log=lambda *a: None)
     assert torch.equal(st["sp_labels"][st["labeled"]], dom[st["labeled"]]) and int(st["labeled"].sum()) == 4
+
+
+def test_import_oreal_is_enough_for_oreal_export():
+    # A fresh interpreter: in this one the import above has already set the attribute. The docs write
+    # `oreal.export.tasks(...)`, as for every other module of the library.
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = "import oreal; print(oreal.export.tasks.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=root))
+    assert out.returncode == 0 and out.stdout.strip() == "tasks", out.stderr

@@ -331,6 +331,23 @@ def test_query_undecided_without_backfill_and_when_enough():
         P.query_undecided("entropy", fraction=frac[:, :7], budget=1, **args)
 
 
+
+def test_query_undecided_refuses_pixel_strategies_and_bad_fractions():
+    probs, sp, frac = _pool(seed=11)
+    args = dict(probs=probs, sp_map=sp, num_superpixels=8)
+    mc = torch.stack([probs, probs.flip(1)], 1)
+    with pytest.raises(ValueError, match="superpixel strategy.*'balent_pixel'"):
+        P.query_undecided("balent_pixel", fraction=frac, budget=1, mc_probs=mc, sp_map=sp, num_superpixels=8)
+    for bad in (float("nan"), -0.5, 1.5):  # NaN would pass `fraction < min_fraction` and count as undecided
+        f = frac.clone()
+        f[0, 0] = bad
+        with pytest.raises(ValueError, match=r"`fraction` to hold undecided fractions in \[0, 1\]"):
+            P.query_undecided("entropy", fraction=f, budget=1, **args)
+    f = frac.clone()
+    f[0, 0] = float("nan")
+    P.query_undecided("entropy", fraction=f, budget=1, validate_args=False, **args)  # the check is a host sync
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 

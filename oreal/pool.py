@@ -28,13 +28,17 @@ _FORMAT = ("a dict with keys 'image' (Tensor[n, 3, H, W], the model input), 'sp_
            "'index' (Tensor[n], the dataset index), or a tuple (image, sp_map, index)")
 
 
-def _unpack(batch: Any) -> Tuple[Tensor, Tensor, Tensor]:
+def _unpack(batch: Any) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """``(image, sp_map, index, colours)``; ``colours`` is ``None`` unless a dict batch has that key."""
+    colours = None
     if isinstance(batch, Mapping):
         missing = [k for k in ("image", "sp_map", "index") if k not in batch]
         if missing:
             raise ValueError(f"Expected each batch of `loader` to be {_FORMAT}, but a dict without {missing} came "
                              f"(keys {sorted(batch)})")
         image, sp_map, index = batch["image"], batch["sp_map"], batch["index"]
+        if batch.get("colours") is not None:
+            colours = check_tensor(batch["colours"], "batch colours")
     elif isinstance(batch, (tuple, list)) and len(batch) == 3:
         image, sp_map, index = batch
     else:
@@ -45,7 +49,7 @@ def _unpack(batch: Any) -> Tuple[Tensor, Tensor, Tensor]:
     check_int_tensor(sp_map, "batch sp_map", ndim=3)
     index = torch.as_tensor(index)
     check_int_tensor(index, "batch index", ndim=1)
-    return image, sp_map, index
+    return image, sp_map, index, colours
 
 
 def _logits(model: nn.Module, image: Tensor, forward: Optional[Callable[[nn.Module, Tensor], Tensor]],
@@ -75,7 +79,9 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
 
     - ``"image"`` (Tensor[n, 3, H, W]): the model input, as the model expects it; the strategies that take
       ``images`` get it too, and for ``sp_crf`` and ``sp_crf_class`` it is the CRF's colours, so it must then be
-      uint8 0-255 or floats in ``[0, 1]`` (normalise inside the model: mean/std-normalised inputs raise);
+      uint8 0-255 or floats in ``[0, 1]``; with mean/std-normalised inputs give the colours separately:
+    - ``"colours"`` (optional, Tensor[n, 3, H, W] uint8 or floats in ``[0, 1]``): what the edge and CRF strategies
+      get as ``images`` instead of ``"image"`` (the model still gets ``"image"``);
     - ``"sp_map"`` (Tensor[n, H, W]): integer superpixel ids in ``[0, S)``, ``-1`` for none;
     - ``"index"`` (Tensor[n] int): the dataset index of each image, unique over the pool; it is the image id
       given to the selector, so ``Selection.image`` holds dataset indices;
@@ -186,7 +192,7 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
 def _update(model: nn.Module, selector: Any, batch: Any, needs: set, mc_samples: Optional[int], mc_seed: int,
             exclude: Optional[Tensor], device: torch.device,
             forward: Optional[Callable[[nn.Module, Tensor], Tensor]]) -> None:
-    image, sp_map, index = _unpack(batch)
+    image, sp_map, index, colours = _unpack(batch)
     image, sp_map = image.to(device, non_blocking=True), sp_map.to(device, non_blocking=True)
     spatial = tuple(sp_map.shape)
     given = {}
@@ -206,7 +212,7 @@ def _update(model: nn.Module, selector: Any, batch: Any, needs: set, mc_samples:
             m.eval()
         given["mc_probs"] = torch.stack([x.to(compute_dtype(x)).softmax(1) for x in samples], 1)
     if "images" in needs:
-        given["images"] = image
+        given["images"] = image if colours is None else colours.to(device, non_blocking=True)
     ex = None
     if exclude is not None:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= exclude.shape[0]):

@@ -66,6 +66,29 @@ def test_score_pool_equals_query_on_the_stacked_pool(name):
     assert not labeled[sel.image, sel.superpixel].any()
 
 
+class NormalisedPool(Pool):
+    """Mean/std-normalised model inputs (outside [0, 1]) with the colours given beside them."""
+
+    def __getitem__(self, i):
+        return {"image": (self.images[i] - 0.5) / 0.25, "sp_map": self.sp_map[i], "index": i,
+                "colours": self.images[i]}
+
+
+@pytest.mark.parametrize("name", ["sp_crf", "sp_crf_class", "edge_entropy"])
+def test_colours_key_feeds_the_image_strategies_when_inputs_are_normalised(name):
+    images, sp, labeled = pool_data(3)
+    model = make_model()
+    loader = DataLoader(NormalisedPool(images, sp), batch_size=4)
+    sel = score_pool(model, loader, selector_for(name), exclude=labeled)
+    with torch.no_grad():
+        logits = model.eval()((images - 0.5) / 0.25)
+    ref = oreal.strategies.query(name, probs=logits.softmax(1), images=images, sp_map=sp, num_superpixels=S,
+                                 budget=5, exclude=labeled, labeled_counts=torch.tensor([9, 0, 4, 2]))
+    assert equal(sel, ref)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # without the colours the normalised input is refused
+        score_pool(model, DataLoader(Pool((images - 0.5) / 0.25, sp), batch_size=4), selector_for("sp_crf"))
+
+
 def test_score_pool_random_matches_feeding_the_selector_by_hand():
     images, sp, labeled = pool_data(2)
     by_hand = selector_for("random")

@@ -190,15 +190,6 @@ def test_brush_rle_runs_over_2_16_bytes():
 
 
 @settings(max_examples=30, deadline=None)
-@given(masks_2d)
-def test_brush_rle_equals_label_studio_sdk(mask):
-    sdk = pytest.importorskip("label_studio_sdk.converter.brush")
-    import numpy as np
-
-    assert brush_rle(mask) == sdk.mask2rle(mask.numpy().astype(np.uint8) * 255)
-
-
-@settings(max_examples=30, deadline=None)
 @given(masks_2d, st.booleans())
 def test_png_bytes_round_trip(mask, rgb):
     g = torch.Generator().manual_seed(mask.numel())

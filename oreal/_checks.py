@@ -99,6 +99,19 @@ def check_int(x: object, name: str, *, minimum: int = 0) -> int:
     return int(x)
 
 
+def check_number(x: object, name: str, *, positive: bool, kind: str = "argument", none_ok: bool = False) -> float:
+    """A plain finite number, ``> 0`` (``positive``) or ``>= 0``; ``TypeError`` for anything that is not a number.
+    ``kind`` names what is checked in the message (``"argument"`` or ``"option"``); ``none_ok`` only rewords the
+    type error (the caller skips ``None``)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        none = " or None" if none_ok else ""
+        raise TypeError(f"Expected {kind} `{name}` to be a number{none}, but got {type(x).__name__} {x!r}")
+    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
+        raise ValueError(f"Expected {kind} `{name}` to be a finite number {'> 0' if positive else '>= 0'}, "
+                         f"but got {x}")
+    return float(x)
+
+
 def check_choice(x: object, name: str, choices: Sequence[str]) -> str:
     if x not in choices:
         raise ValueError(f"Expected argument `{name}` to be one of {list(choices)}, but got {x!r}")

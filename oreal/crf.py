@@ -44,6 +44,7 @@ from torch import Tensor
 from oreal._checks import (
     check_float,
     check_int,
+    check_number,
     check_same_device,
     compute_dtype,
     validate_probabilities,
@@ -61,17 +62,6 @@ CRF_DEFAULTS = {"iterations": 5, "window": 7, "blur": 1, "spatial_weight": 3.0, 
 _BLOCK_ELEMENTS = 1 << 24
 
 
-def _check_number(value: object, name: str, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Expected argument `{name}` to be a number, but got {type(value).__name__} {value!r}")
-    value = float(value)
-    ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
-    if not ok:
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"Expected argument `{name}` to be a finite number {bound}, but got {value}")
-    return value
-
-
 def check_crf_options(iterations: object, window: object, blur: object, spatial_weight: object,
                       spatial_sigma: object, bilateral_weight: object, bilateral_sigma_xy: object,
                       bilateral_sigma_color: object) -> Tuple[int, int, int, float, float, float, float, float]:
@@ -83,11 +73,11 @@ def check_crf_options(iterations: object, window: object, blur: object, spatial_
                          f"but got {window}")
     blur = check_int(blur, "blur", minimum=1)
     return (iterations, window, blur,
-            _check_number(spatial_weight, "spatial_weight", positive=False),
-            _check_number(spatial_sigma, "spatial_sigma", positive=True),
-            _check_number(bilateral_weight, "bilateral_weight", positive=False),
-            _check_number(bilateral_sigma_xy, "bilateral_sigma_xy", positive=True),
-            _check_number(bilateral_sigma_color, "bilateral_sigma_color", positive=True))
+            check_number(spatial_weight, "spatial_weight", positive=False),
+            check_number(spatial_sigma, "spatial_sigma", positive=True),
+            check_number(bilateral_weight, "bilateral_weight", positive=False),
+            check_number(bilateral_sigma_xy, "bilateral_sigma_xy", positive=True),
+            check_number(bilateral_sigma_color, "bilateral_sigma_color", positive=True))
 
 
 def check_crf_images(images: object, spatial: tuple, like: Tensor, validate_args: bool) -> Tensor:

@@ -23,7 +23,6 @@ unknown options raise errors that say what was expected.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -35,6 +34,7 @@ from oreal._checks import (
     check_float,
     check_int,
     check_int_tensor,
+    check_number,
     check_real,
     check_same_device,
     check_shape,
@@ -542,14 +542,7 @@ def check_options(options: Dict[str, Any]) -> None:
                           ("time_limit", True)):
         if key not in options or (key == "time_limit" and options[key] is None):
             continue
-        value = options[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            none = " or None" if key == "time_limit" else ""
-            raise TypeError(f"Expected option `{key}` to be a number{none}, but got {type(value).__name__} "
-                            f"{value!r}")
-        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
-            raise ValueError(f"Expected option `{key}` to be a finite number {'> 0' if positive else '>= 0'}, "
-                             f"but got {value}")
+        check_number(options[key], key, positive=positive, kind="option", none_ok=key == "time_limit")
     if "max_candidates" in options:
         check_int(options["max_candidates"], "max_candidates", minimum=1)
     if CRF_DEFAULTS.keys() <= options.keys():

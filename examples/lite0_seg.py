@@ -142,6 +142,11 @@ class Lite0FPN(nn.Module):
         self.cls = nn.Conv2d(dim, num_classes, 1)
 
     def forward(self, x):
+        return F.interpolate(self.low_logits(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def low_logits(self, x):
+        """The logits before the final upsampling, ``(N, C, H/4, W/4)``: ``forward(x)`` is their bilinear
+        upsampling to ``x``'s size (training samples them at the labeled pixels only, ``train.sampled_logits``)."""
         f4, f8, f16, f32 = self._frozen(x) if hasattr(self, "_frozen") else self.encoder.features(x)[1:]
         p = self.lat32(f32) * torch.sigmoid(self.gate(f32.mean((2, 3), keepdim=True)))
         p = F.interpolate(p, size=f16.shape[-2:], mode="bilinear", align_corners=False) + self.lat16(f16)
@@ -149,8 +154,7 @@ class Lite0FPN(nn.Module):
         p = self.smooth(p)
         p = F.interpolate(p, size=f4.shape[-2:], mode="bilinear", align_corners=False)
         p = self.fuse(torch.cat([p, self.lat4(f4)], 1))
-        out = self.cls(self.drop(p))
-        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.cls(self.drop(p))
 
 
 _IMAGENET = ("imagenet", "default")

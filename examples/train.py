@@ -2,7 +2,9 @@
 
 - Adam, batch size 4, no weight decay;
 - an *epoch* is as many iterations as it takes to cover the whole pool (not only the labeled part);
-  batches are drawn from the images that have at least one labeled pixel;
+  batches are drawn from the images that have at least one labeled pixel (``epoch="labeled"``: an epoch covers
+  those images only, fewer iterations while few images have labels; a departure from the paper for small
+  compute budgets);
 - Polyak averaging (exponential moving average of the weights, buffers copied) — the averaged model is
   the one validated, kept and returned;
 - validation mIoU after each epoch, stop after ``patience`` epochs without improvement (or ``max_epochs``);
@@ -33,6 +35,7 @@ class TrainConfig:
     min_epochs: int = 1
     flip: bool = True
     eval_batch: int = 16
+    epoch: str = "pool"     # "pool": an epoch covers the pool (the paper); "labeled": the images with labels
 
 
 def to_tensor_images(images_uint8):
@@ -88,6 +91,44 @@ def _ema_update(ema, model, decay, step):
         be.copy_(bm)
 
 
+SPARSE_SHARE = 0.25  # below this share of labeled pixels in a batch, the loss samples the logits there only
+
+
+def sampled_logits(low, index, size):
+    """``F.interpolate(low, size, mode="bilinear", align_corners=False)`` read at the pixels ``index``
+    (LongTensor[P, 3] of (image, row, column)) only: ``(P, C)``. Bilinear interpolation is linear, so the
+    cross-entropy on these equals the one on the upsampled map at those pixels, without upsampling the rest
+    (``grid_sample`` with ``align_corners=False`` uses the same source coordinate ``(i + 0.5) * in / out - 0.5``,
+    and ``padding_mode="border"`` the same clamping at the edges)."""
+    n, r, c = index.unbind(1)
+    (H, W), (h, w) = size, low.shape[-2:]
+    x = (c.to(low.dtype) + 0.5) * (2.0 / W) - 1.0
+    y = (r.to(low.dtype) + 0.5) * (2.0 / H) - 1.0
+    out = low.new_empty(len(index), low.shape[1])
+    for i in n.unique().tolist():  # one grid per image of the batch (a batch holds a few images)
+        sel = (n == i).nonzero().flatten()
+        grid = torch.stack([x[sel], y[sel]], -1)[None, :, None]
+        out[sel] = F.grid_sample(low[i:i + 1], grid, mode="bilinear", padding_mode="border",
+                                 align_corners=False)[0, :, :, 0].T
+    return out
+
+
+def _cross_entropy(model, x, ys):
+    """``sum_k w_k * cross_entropy(model(x), y_k)`` over the pairs ``ys = [(y_k, w_k)]`` (mean over each
+    ``y_k``'s labeled pixels). A model with ``low_logits`` (``forward`` = their bilinear upsampling) is read
+    at the labeled pixels only while they are sparse: the same loss up to float rounding, a fraction of the cost."""
+    labeled = sum(int((y != IGNORE_INDEX).sum()) for y, _ in ys)
+    if not hasattr(model, "low_logits") or labeled > SPARSE_SHARE * ys[0][0].numel():
+        logits = model(x)
+        return sum(w * F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX) for y, w in ys)
+    low = model.low_logits(x)
+    total = 0.0
+    for y, w in ys:
+        index = (y != IGNORE_INDEX).nonzero()
+        total = total + w * F.cross_entropy(sampled_logits(low, index, y.shape[-2:]), y[tuple(index.T)])
+    return total
+
+
 class PixelTarget:
     """Training targets as pixel labels: cross-entropy on the labeled pixels only (``255`` elsewhere) and,
     optionally, ``pseudo_weight`` x cross-entropy on the pseudo-labeled pixels (``pseudo``, ``255`` where none;
@@ -119,8 +160,7 @@ class PixelTarget:
                     ys.append((y, weight))
         if not ys:
             return None
-        logits = model(x)
-        return sum(w * F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX) for y, w in ys)
+        return _cross_entropy(model, x, ys)
 
 
 class WeakTarget:
@@ -161,7 +201,9 @@ def train(model, images, labels, val_images, val_labels, num_classes, *, config:
     has_label = target.trainable().nonzero().flatten()
     if len(has_label) == 0:
         raise ValueError("no labeled pixel in the training set: nothing to train on")
-    iters = math.ceil(len(images) / config.batch_size)
+    if config.epoch not in ("pool", "labeled"):
+        raise ValueError(f"Expected TrainConfig.epoch to be 'pool' or 'labeled', but got {config.epoch!r}")
+    iters = math.ceil((len(images) if config.epoch == "pool" else len(has_label)) / config.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=0.0)
     ema = copy.deepcopy(model)
     for p in ema.parameters():

@@ -3,6 +3,7 @@ kill-and-resume and state-file errors. CPU only, a tiny configuration (a few ima
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 pytest.importorskip("cv2")
 import cv2  # noqa: E402
@@ -353,6 +356,17 @@ def test_report_pairs_max_and_mean_by_seed():
     assert class_makeup(res)["a:max"].tolist() == [2.0, 4.0]
 
 
+def test_report_gives_the_curves_as_a_share_of_full_supervision():
+    from examples.report import relative_table
+
+    res = {"full_miou": 0.5, "budget": 10, "pool_units": 200, "unit": "superpixel", "summary": {
+        "a": {"clicks": [10, 20], "miou_mean": [0.25, 0.4]}, "b": {"clicks": [10, 20], "miou_mean": [0.25, 0.45]}}}
+    lines = relative_table(res).splitlines()
+    assert "r0 (5.0 % of the superpixels) | r1 (10.0 % of the superpixels)" in lines[2]
+    assert lines[4] == "| b | 50.0 | 90.0 |" and lines[5] == "| a | 50.0 | 80.0 |"  # 0.45 / 0.5, best first
+    assert relative_table(dict(res, full_miou=None)) is None
+
+
 # ---------------------------------------------------------------------------------------------- hardening
 # a finished one-round run of two strategies, copied by the tests that need a saved state
 BASE = TINY[:]
@@ -480,6 +494,105 @@ def test_train_resumes_from_a_checkpoint_bit_identically():
     assert info == ref_info
     for k, v in ref.state_dict().items():
         assert torch.equal(v, got.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("epoch,images", [("pool", 6), ("labeled", 3)])
+def test_an_epoch_covers_the_pool_or_the_labeled_images(epoch, images):
+    from examples.models import build_model
+    from examples.train import TrainConfig, train
+
+    x, y = _tiny_train_data()
+    y[3:] = 255  # 3 of the 6 images have labels
+    steps = []
+    model = build_model("small", 2, width=4)
+    train(model, x, y, x, y, 2, config=TrainConfig(max_epochs=2, patience=10, batch_size=2, epoch=epoch), seed=0,
+          on_checkpoint=lambda ck: steps.append(ck["step"]))
+    assert steps == [math.ceil(images / 2)]  # optimizer steps after epoch 1 (no checkpoint after the last)
+    with pytest.raises(ValueError, match="Expected TrainConfig.epoch to be 'pool' or 'labeled', but got 'all'"):
+        train(model, x, y, x, y, 2, config=TrainConfig(epoch="all"), seed=0)
+
+
+def test_the_default_epoch_keeps_old_output_folders_resumable():
+    from examples.al_loop import build_parser, config_from_args
+
+    fp = config_from_args(build_parser().parse_args([])).fingerprint()
+    assert "epoch" not in fp["train"]  # folders written before --epoch existed match
+    assert config_from_args(build_parser().parse_args(["--epoch", "labeled"])).fingerprint()["train"]["epoch"] == "labeled"
+
+
+def test_worker_processes_give_the_same_runs_as_one_process(tmp_path):
+    args = TINY + ["--no-plots", "--seeds", "0,1", "--epoch", "labeled"]
+    res = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        p = _run_cli(args + ["--jobs", str(jobs), "--out", str(out)], tmp_path, timeout=600)
+        assert p.returncode == 0, p.stderr
+        res[jobs] = json.loads((out / "results.json").read_text())
+        assert len(res[jobs]["runs"]) == 6
+    assert res[1]["full_miou"] == res[2]["full_miou"]
+    for rid, run in res[1]["runs"].items():
+        assert run["history"] == res[2]["runs"][rid]["history"], rid
+        assert run["picks"] == res[2]["runs"][rid]["picks"], rid
+    # --jobs is not configuration: the finished folder reads back with one process, no work redone
+    p = _run_cli(args + ["--out", str(tmp_path / "jobs2")], tmp_path, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert _labeled_sets(json.loads((tmp_path / "jobs2" / "results.json").read_text())) == _labeled_sets(res[1])
+
+
+@given(h=hst.integers(1, 9), w=hst.integers(1, 9), H=hst.integers(1, 40), W=hst.integers(1, 40),
+       seed=hst.integers(0, 2 ** 31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_sampled_logits_are_the_upsampled_logits_at_those_pixels(h, w, H, W, seed):
+    from examples.train import sampled_logits
+
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(3, 4, h, w, generator=g, dtype=torch.float64)
+    index = torch.stack([torch.randint(0, 3, (50,), generator=g), torch.randint(0, H, (50,), generator=g),
+                         torch.randint(0, W, (50,), generator=g)], 1)
+    full = torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear", align_corners=False)
+    want = torch.stack([full[n, :, r, c] for n, r, c in index.tolist()])
+    torch.testing.assert_close(sampled_logits(low, index, (H, W)), want, rtol=0, atol=1e-12)
+
+
+class _LowModel(torch.nn.Module):
+    """forward = bilinear upsampling of low_logits, as Lite0FPN; counts which path the loss used."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 5, 3, stride=4, padding=1, dtype=torch.float64)
+        self.calls = []
+
+    def low_logits(self, x):
+        self.calls.append("low")
+        return self.conv(x)
+
+    def forward(self, x):
+        self.calls.append("full")
+        return torch.nn.functional.interpolate(self.conv(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.9])
+def test_the_sparse_loss_and_its_gradient_equal_the_full_ones(share):
+    from examples.train import IGNORE_INDEX, PixelTarget
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 30, 22, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (4, 30, 22), generator=g)
+    y[torch.rand(y.shape, generator=g) > share] = IGNORE_INDEX
+    pseudo = torch.randint(0, 5, (4, 30, 22), generator=g)
+    pseudo[torch.rand(y.shape, generator=g) > share] = IGNORE_INDEX
+    model = _LowModel()
+    target = PixelTarget(y, pseudo, pseudo_weight=0.5)
+    loss = target.loss(model, x, torch.arange(4), None)
+    grads = torch.autograd.grad(loss, model.conv.weight)
+    assert model.calls == (["low"] if share < 0.25 else ["full"])
+    # the reference: upsample everything, cross-entropy over the labeled pixels, pseudo labels where unlabeled
+    full = torch.nn.functional.interpolate(model.conv(x), size=(30, 22), mode="bilinear", align_corners=False)
+    ps = torch.where(y != IGNORE_INDEX, IGNORE_INDEX, pseudo)
+    want = (torch.nn.functional.cross_entropy(full, y, ignore_index=IGNORE_INDEX)
+            + 0.5 * torch.nn.functional.cross_entropy(full, ps, ignore_index=IGNORE_INDEX))
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0], torch.autograd.grad(want, model.conv.weight)[0], rtol=1e-10, atol=1e-12)
 
 
 def _tiny_experiment(out, tmp_path, **kw):

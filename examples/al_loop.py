@@ -79,13 +79,15 @@ class LoopConfig:
         """Everything that changes the result of a run, the thread count included (not: output dir,
         progress bar, plots). The list of strategies and seeds is left out: each (strategy, seed) run is
         independent, so more strategies or seeds can be added to an output folder later, or a subset
-        reported. The label schemes' settings appear only when they differ from their defaults, so output
-        folders written before those settings existed still resume."""
+        reported. The label schemes' settings (and the training's ``epoch``) appear only when they differ from
+        their defaults, so output folders written before those settings existed still resume."""
         d = json.loads(json.dumps(asdict(self)))
         del d["strategies"], d["seeds"]
         for k, v in SCHEME_DEFAULTS.items():
             if d[k] == v:
                 del d[k]
+        if d["train"].get("epoch") == "pool":
+            del d["train"]["epoch"]
         return d
 
 
@@ -280,8 +282,9 @@ def check_config(saved, now, where):
 # ----------------------------------------------------------------------------------------------------------
 # the experiment
 class Experiment:
-    def __init__(self, cfg: LoopConfig, out: Path, *, progress=True, log=print, cache_dir=None):
+    def __init__(self, cfg: LoopConfig, out: Path, *, progress=True, log=print, cache_dir=None, jobs=1):
         self.cfg, self.out, self.log = cfg, Path(out), log
+        self.cache_dir, self.jobs = cache_dir, int(jobs)
         self.progress = progress
         self.bar = Progress(0, False)
         self.specs = [parse_strategy(s) for s in cfg.strategies]
@@ -586,11 +589,16 @@ class Experiment:
             total += self.full_config().max_epochs
         self.bar = Progress(total, self.progress)
         bar = self.bar
+        if self.jobs > 1:  # compute every state in worker processes; the pass below then reads them back
+            self._run_parallel()
+            bar.close()
+            self.bar = bar = Progress(0, False)
         results = {"config": self.fp, "strategies": list(self.cfg.strategies),
                    "seeds": list(self.cfg.seeds), "num_superpixels": self.S, "budget": self.budget,
                    "dataset": self.dataset.name, "classes": self.dataset.classes, "pool_images": len(self.pool),
                    "unit": self.cfg.unit, "labels": self.cfg.labels, "semi": self.cfg.semi,
-                   "pool_pixels": int(self.pool_labels.numel()), "runs": {}}
+                   "pool_pixels": int(self.pool_labels.numel()),
+                   "pool_units": int((oreal.superpixel_counts(self.sp_map, self.S) > 0).sum()), "runs": {}}
         t0 = time.time()
         if self.cfg.full_supervision:
             st = self.full()
@@ -599,25 +607,80 @@ class Experiment:
         for seed in self.cfg.seeds:
             init = self.round0(seed)
             for spec in self.cfg.strategies:
-                name, agg = parse_strategy(spec)
-                rid = _run_id(spec, seed)
-                path = self.state_dir / f"{rid}.pt"
-                ident = self.identity("run", seed, spec)
-                st = load_state(path, self.fp, ident) if path.exists() else dict(init, **ident)
-                bar.skip(sum(self.round_epochs(r) for r in range(1, min(st["round"], self.cfg.rounds) + 1)))
-                while st["round"] < self.cfg.rounds:
-                    bar.begin(f"{spec} seed {seed} round {st['round'] + 1}/{self.cfg.rounds}")
-                    st = self.strategy_round(st, name, agg, seed)
-                    save_state(path, st)
-                    h = st["history"][-1]
-                    bar.note(f"test mIoU {h['test_miou']:.3f}, {h['clicks']} clicks")
-                results["runs"][rid] = {"strategy": spec, "seed": seed, "history": st["history"],
+                st = self.run_strategy(spec, seed, init)
+                results["runs"][_run_id(spec, seed)] = {"strategy": spec, "seed": seed, "history": st["history"],
                                         "picks": st["picks"],
                                         "labeled": st["labeled"].nonzero().tolist()}
         results["wall_s"] = time.time() - t0
         summarise(results)
         write_json(self.out / "results.json", results)
         return results
+
+
+    def run_strategy(self, spec, seed, init):
+        """Run (or resume) the rounds of one (strategy, seed) run from its round-0 state ``init``, saving the
+        state after every round; returns the final state."""
+        name, agg = parse_strategy(spec)
+        path = self.state_dir / f"{_run_id(spec, seed)}.pt"
+        ident = self.identity("run", seed, spec)
+        st = load_state(path, self.fp, ident) if path.exists() else dict(init, **ident)
+        self.bar.skip(sum(self.round_epochs(r) for r in range(1, min(st["round"], self.cfg.rounds) + 1)))
+        while st["round"] < self.cfg.rounds:
+            self.bar.begin(f"{spec} seed {seed} round {st['round'] + 1}/{self.cfg.rounds}")
+            st = self.strategy_round(st, name, agg, seed)
+            save_state(path, st)
+            h = st["history"][-1]
+            self.bar.note(f"test mIoU {h['test_miou']:.3f}, {h['clicks']} clicks")
+        return st
+
+    def _run_parallel(self):
+        """``--jobs`` worker processes (spawned, each with ``cfg.threads`` threads) compute the full-supervision
+        reference, the round 0 of every seed and then every (strategy, seed) run, writing the same state files
+        as the serial path. Each piece seeds its own randomness, so the states do not depend on which worker
+        ran them or in what order; a killed run resumes from the files like a serial one."""
+        import multiprocessing
+
+        def done(result):  # epochs trained, most epochs the piece could have taken
+            self.bar.bar.update(result[0])
+            self.bar.skip(result[1] - result[0])
+
+        ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started is unsafe
+        with ctx.Pool(self.jobs, initializer=_worker_init,
+                      initargs=(self.cfg, str(self.out), self.cache_dir)) as pool:
+            self.bar.begin(f"{self.jobs} workers")
+            pending = []
+            if self.cfg.full_supervision:
+                pending.append(pool.apply_async(_worker_task, (("full",),), callback=done))
+            init = {s: pool.apply_async(_worker_task, (("round0", s),), callback=done) for s in self.cfg.seeds}
+            for seed in self.cfg.seeds:  # the runs of a seed start from its round 0
+                init[seed].get()
+                pending += [pool.apply_async(_worker_task, (("run", spec, seed),), callback=done)
+                            for spec in self.cfg.strategies]
+            for p in pending:
+                p.get()  # re-raises a worker's error here
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(cfg, out, cache_dir):
+    torch.set_num_threads(cfg.threads)
+    _WORKER["exp"] = Experiment(cfg, Path(out), progress=False, cache_dir=cache_dir)
+
+
+def _worker_task(task):
+    """One piece of :meth:`Experiment._run_parallel` in a worker; returns (epochs trained, most epochs)."""
+    exp = _WORKER["exp"]
+    kind, *args = task
+    if kind == "full":
+        st = exp.full()
+        return st["history"][0]["epochs"], exp.full_config().max_epochs
+    if kind == "round0":
+        h = exp.round0(args[0])["history"][0]
+        return h["epochs"] + h.get("stage2_epochs", 0), exp.round_epochs(0)
+    st = exp.run_strategy(args[0], args[1], exp.round0(args[1]))  # round 0 is saved by now: read back
+    trained = sum(h["epochs"] + h.get("stage2_epochs", 0) for h in st["history"][1:])  # resumed rounds count as done
+    return trained, sum(exp.round_epochs(r) for r in range(1, exp.cfg.rounds + 1))
 
 
 def full_train_config(tcfg: TrainConfig, rounds: int) -> TrainConfig:
@@ -938,6 +1001,9 @@ def build_parser():
                    help=f"per round (the full-supervision reference: {FULL_SCHEDULE})")
     g.add_argument("--patience", type=_pos, default=2, help="epochs without a better validation mIoU, per round")
     g.add_argument("--ema-decay", type=float, default=0.99, help="Polyak averaging decay")
+    g.add_argument("--epoch", choices=["pool", "labeled"], default="pool",
+                   help="what an epoch covers: the whole pool (the paper) or only the images with a label (fewer "
+                        "iterations in the early rounds; for small compute budgets)")
     g = p.add_argument_group("active learning")
     g.add_argument("--strategies", default="random,entropy:max,oreal:max",
                    help="comma-separated NAME[:max|mean]; names from oreal.strategies.available()")
@@ -971,6 +1037,9 @@ def build_parser():
     g.add_argument("--threads", type=_pos, default=2,
                    help="torch CPU threads; part of the configuration (other thread counts give other float "
                         "sums, hence other picks), so a resume must use the same")
+    g.add_argument("--jobs", type=_pos, default=1,
+                   help="worker processes, each with --threads threads: the (strategy, seed) runs are independent "
+                        "and run side by side (results do not depend on --jobs)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (and no need for tqdm)")
     g.add_argument("--no-plots", action="store_true", help="no PNGs (and no need for matplotlib)")
     g.add_argument("--picks", help="comma-separated strategies shown in picks.png (default: all)")
@@ -996,7 +1065,7 @@ def config_from_args(a):
     if a.data != "synthetic" and a.root is not None and not Path(a.root).is_dir():
         raise data_mod.DataError(f"--root {a.root} is not a folder")
     tc = asdict(TrainConfig(lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs, patience=a.patience,
-                            ema_decay=a.ema_decay))
+                            ema_decay=a.ema_decay, epoch=a.epoch))
     return LoopConfig(data=a.data, root=a.root, size=a.size, limits=a.limits, data_seed=a.data_seed,
                       sp_method=a.sp_method, sp_count=a.sp_count, model=a.model, width=a.width,
                       pretrained=a.pretrained, strategies=specs, seeds=tuple(a.seeds), rounds=a.rounds,
@@ -1040,7 +1109,7 @@ def main(argv=None):
             import shutil
             shutil.rmtree(out / "state")
             (out / "config.json").unlink(missing_ok=True)
-        exp = Experiment(cfg, out, progress=not a.no_progress, cache_dir=a.cache_dir)
+        exp = Experiment(cfg, out, progress=not a.no_progress, cache_dir=a.cache_dir, jobs=a.jobs)
         results = exp.run()
     except (StateError, data_mod.DataError, ValueError, ImportError) as e:  # ImportError: a missing extra
         print(f"error: {e}", file=sys.stderr)

@@ -100,6 +100,26 @@ def _scheme(results):
     return f"{_unit(results)}, {_labels(results)}" + ("" if semi == "none" else f", --semi {semi}")
 
 
+def relative_table(results):
+    """Test mIoU as % of the fully supervised mIoU per round (mean over seeds), with the share of the pool's
+    units labeled by then (clicks / annotatable units; weak labels: superpixels, not clicks): the shape of the
+    "% of full supervision at increasing label fractions" tables of region-based AL papers. None without a
+    full-supervision reference."""
+    full, summ = results.get("full_miou"), results["summary"]
+    if not full or not summ:
+        return None
+    units = results.get("pool_units")
+    rounds = len(next(iter(summ.values()))["clicks"])
+    budget = results.get("budget")
+    head = [f"r{i}" + (f" ({100 * budget * (i + 1) / units:.1f} % of the {_unit(results)})" if units and budget else "")
+            for i in range(rounds)]
+    lines = [f"Test mIoU as % of full supervision ({100 * full:.1f} mIoU), mean over seeds:", "",
+             "| strategy | " + " | ".join(head) + " |", "|---|" + "---|" * rounds]
+    for spec, e in sorted(summ.items(), key=lambda kv: -sum(kv[1]["miou_mean"])):
+        lines.append(f"| {spec} | " + " | ".join(f"{100 * m / full:.1f}" for m in e["miou_mean"]) + " |")
+    return "\n".join(lines)
+
+
 def class_makeup(results):
     """Mean over seeds of the final labeled class counts, per strategy."""
     out = {}
@@ -125,9 +145,9 @@ def report(results, *others):
     from .stats import stats_markdown
 
     lines += [stats_markdown(results), ""]
-    wt = weak_table(results)
-    if wt:
-        lines += [wt, ""]
+    for extra in (weak_table(results), relative_table(results)):
+        if extra:
+            lines += [extra, ""]
     for other in others:
         lines += [f"Test mIoU % at equal clicks: this run ({_scheme(results)}) / the compared run "
                   f"({_scheme(other)}) interpolated at the same clicks:", ""]

@@ -14,10 +14,15 @@ runs ``python -m examples.al_loop`` with the study's configuration, then writes 
 - random, entropy, bvsb, revisiting_sp, pixelbal, cbal, oreal, each with max and mean aggregation (random
   has none: 13 runs per seed); seeds 0-4;
 - model ``lite0_fpn_frozen``: the ImageNet EfficientNet-Lite0 encoder, frozen (features cached once per
-  image), FPN-style head trained from scratch each run; Adam lr 1e-3, batch 4, Polyak averaging, up to
-  ``--max-epochs`` epochs per round with patience ``--patience``.
+  image), FPN-style head trained from scratch at round 0 and warm-started after; Adam lr 1e-3, batch 4, Polyak
+  averaging, up to ``--max-epochs`` (4) epochs per round with patience ``--patience`` (1), an epoch covering
+  the images that have a label (``--epoch labeled``, **ours**: the paper's epoch covers the whole pool);
+- ``--jobs`` (2) worker processes of ``--threads`` (1) threads each: the runs are independent, and two
+  one-thread processes get more out of the two cores than one two-thread process.
 
-``--seeds``, ``--strategies``, ``--rounds`` narrow the run (the same output folder can be completed later: the
+Options the study does not know go to ``examples.al_loop`` (``--labels weak``, ``--unit pixel``, ``--semi plar``:
+the other label schemes on the same setting; ``--budget`` sets the units per round, ``--compare`` adds another
+run at equal clicks to the report). ``--seeds``, ``--strategies``, ``--rounds`` narrow the run (the same output folder can be completed later: the
 loop resumes). ``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few
 minutes on one core); the tests use it.
 """
@@ -47,7 +52,8 @@ def loop_args(a):
     args = data + ["--size", f"{size[0]}x{size[1]}", "--sp-count", str(sp), "--model", "lite0_fpn_frozen",
                    "--pretrained", "--rounds", str(a.rounds), "--seeds", a.seeds, "--strategies", a.strategies,
                    "--lr", "1e-3", "--max-epochs", str(a.max_epochs), "--patience", str(a.patience),
-                   "--mc-samples", "4", "--threads", str(a.threads), "--out", a.out]
+                   "--epoch", a.epoch, "--mc-samples", "4", "--threads", str(a.threads), "--jobs", str(a.jobs),
+                   "--out", a.out]
     if a.cache_dir:
         args += ["--cache-dir", a.cache_dir]
     return args, size, sp
@@ -79,27 +85,37 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2,3,4")
     p.add_argument("--strategies", default=STRATEGIES)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=10)
-    p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--patience", type=int, default=1)
+    p.add_argument("--epoch", choices=["pool", "labeled"], default="labeled",
+                   help="what a training epoch covers (the paper: the pool; see docs/pretrained.md)")
+    p.add_argument("--threads", type=int, default=1, help="threads per worker")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes")
     p.add_argument("--limits", help="TRAIN,VAL,TEST image counts (0 = all; default all): smaller, timed runs "
                                     "to estimate the full study's wall time")
     p.add_argument("--cache-dir", help="superpixel cache (default $OREAL_CACHE or ~/.cache/oreal)")
     p.add_argument("--reduced", action="store_true", help="the same path on synthetic scenes at test size")
-    a = p.parse_args(argv)
+    p.add_argument("--budget", type=int, help="units per round (default: 1 %% of the pool's superpixels)")
+    p.add_argument("--compare", action="append", default=[], metavar="RESULTS_JSON",
+                   help="the report adds that run's test mIoU at this run's clicks (repeatable)")
+    a, extra = p.parse_known_args(argv)  # the rest goes to examples.al_loop (e.g. --labels weak, --semi plar)
     if a.reduced:
         a.seeds = "0,1" if a.seeds == "0,1,2,3,4" else a.seeds
         a.strategies = "random,entropy:max,oreal:max,oreal:mean" if a.strategies == STRATEGIES else a.strategies
         a.rounds, a.max_epochs, a.patience = min(a.rounds, 2), min(a.max_epochs, 2), min(a.patience, 1)
     args, size, sp = loop_args(a)
+    args += extra
     try:
         frac = 0.05 if a.reduced else BUDGET_FRACTION  # the reduced pool has ~150 superpixels
         budget, n = pool_budget(args, frac)
+        others = [json.loads(Path(c).read_text()) for c in a.compare]
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    budget = a.budget or budget
     print(f"study: {size[0]}x{size[1]}, {sp} superpixels per image requested, {n} in the pool, budget {budget} "
-          f"per round ({100 * frac:g} %), round 0 + {a.rounds} rounds", flush=True)
+          f"per round ({'given' if a.budget else f'{100 * frac:g} % of the superpixels'}), round 0 + {a.rounds} "
+          f"rounds{', loop options ' + ' '.join(extra) if extra else ''}", flush=True)
     from . import al_loop
     from .report import report
 
@@ -109,7 +125,7 @@ def main(argv=None):
         return rc
     out = Path(a.out)
     results = json.loads((out / "results.json").read_text())
-    text = report(results) + f"\n\nWall time of this invocation: {time.time() - t0:.0f} s\n"
+    text = report(results, *others) + f"\n\nWall time of this invocation: {time.time() - t0:.0f} s\n"
     (out / "report.md").write_text(text)
     print(text)
     return 0

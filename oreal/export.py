@@ -533,8 +533,13 @@ def read_answers(export: Any, selection: Any, class_names: Sequence[str], *, num
             problems.append(f"task {tid}: asks for superpixels {sps!r} of image {n!r}, which the selection did "
                             f"not pick")
             continue
-        done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        if len(done) < len(task.get("annotations") or []):
+        annotations = task.get("annotations") or []
+        if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+            problems.append(f"task {tid}: 'annotations' should be a list of annotation objects, but got "
+                            f"{annotations!r:.80}")
+            continue
+        done = [a for a in annotations if not a.get("was_cancelled")]
+        if len(done) < len(annotations):
             for s in sps:
                 skipped[(n, s)] = f"task {tid}"
         for a in done:

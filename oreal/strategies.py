@@ -400,7 +400,7 @@ def _cbal_milp(pool: _Pool, aggregation: str, lam: float, class_mask: Optional[T
         from scipy.optimize import Bounds, LinearConstraint, milp
     except ImportError as err:  # pragma: no cover - scipy is a test dependency
         raise ImportError("strategy 'cbal_milp' needs scipy (scipy.optimize.milp); install it with "
-                          "`pip install scipy`, or use the greedy surrogate 'cbal'") from err
+                          "`pip install \"oreal[milp]\"`, or use the greedy surrogate 'cbal'") from err
     max_candidates = check_int(max_candidates, "max_candidates", minimum=1)
     ent, mean_p, debt = _cbal_terms(pool, aggregation, _check_class_mask(class_mask, pool))
     cand = pool.candidates()

@@ -4,6 +4,7 @@ empty pools, meta tensors, inputs that require grad, AuALC arguments, and a fuzz
 ``max_x h(p)`` in float64."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -553,3 +554,12 @@ def test_select_ranks_as_the_literal_max_of_h(case):
         taken.update(mine)
     for g, k, score in picks:
         assert score == pytest.approx(literal[g, k], rel=0.1, abs=0.0), (g, k)
+
+
+def test_cbal_milp_without_scipy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # import fails as if scipy were missing
+    probs = torch.full((1, 2, 2, 2), 0.5)
+    sp_map = torch.tensor([[[0, 0], [1, 1]]])
+    with pytest.raises(ImportError, match=r'pip install "oreal\[milp\]"'):
+        strategies.query("cbal_milp", probs=probs, sp_map=sp_map, num_superpixels=2, budget=1,
+                         labeled_counts=torch.zeros(2, dtype=torch.long))

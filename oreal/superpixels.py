@@ -172,6 +172,9 @@ def _as_numpy_images(images: Any) -> Tuple[Any, Optional[torch.device]]:
         device = images.device
         x = images.detach()
         if x.is_floating_point():
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("Expected float `images` in [0, 1] (or uint8 in [0, 255]), but got NaN or "
+                                 "infinite values")
             lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 1.0)
             if lo < 0 or hi > 1:
                 raise ValueError(f"Expected float `images` in [0, 1] (or uint8 in [0, 255]), but got values in "

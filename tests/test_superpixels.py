@@ -128,6 +128,11 @@ def test_errors():
         SP.compute((torch.from_numpy(ims).permute(0, 3, 1, 2).float() - 128) / 64)
     with pytest.raises(TypeError, match="uint8 or float"):
         SP.compute(torch.zeros(1, 3, 4, 4, dtype=torch.int32))
+    for bad in (float("nan"), float("inf")):
+        x = torch.from_numpy(ims).permute(0, 3, 1, 2).float() / 255
+        x[0, 1, 2, 3] = bad
+        with pytest.raises(ValueError, match="NaN or infinite values"):
+            SP.compute(x)
     with pytest.raises(ValueError, match=r"uint8 RGB numpy array of shape \(H, W, 3\)"):
         SP.compute_one(ims[0].astype(np.float32))
 

@@ -218,14 +218,15 @@ def _distance_from_certain(slab: Tensor, buffer: Tensor) -> Tensor:
 def _binary_entropy_into(slab: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> Tensor:
     """``h(p) = -[p ln p + (1 - p) ln(1 - p)]`` into the buffer ``plogp``, with vectorised logarithms.
 
-    The logarithms take ``max(x, tiny)`` so that ``0 ln 0 = 0`` without a mask; ``1 - p`` is 0 or normal, so only
-    subnormal ``p`` are moved, by less than ``1e-36`` in ``h``.
+    ``p ln p`` takes ``max(p, tiny)`` so that ``0 ln 0 = 0`` without a mask (only subnormal ``p`` are moved, by less
+    than ``1e-36`` in ``h``); ``(1 - p) ln(1 - p)`` is ``(1 - p) log1p(-p)`` (for tiny ``p``, ``1 - p`` rounds to 1
+    and ``ln(1 - p)`` would lose the term), with ``p`` capped just below 1 so that ``p = 1`` gives ``0``, not NaN.
     """
     p = slab if slab.dtype == plogp.dtype else slab.to(plogp.dtype)  # half input: computed in float32
-    tiny = torch.finfo(plogp.dtype).tiny
-    torch.clamp_min(p, tiny, out=plogp).log_().mul_(p)
+    info = torch.finfo(plogp.dtype)
+    torch.clamp_min(p, info.tiny, out=plogp).log_().mul_(p)
     torch.sub(1, p, out=q)
-    torch.clamp_min(q, tiny, out=qlogq).log_().mul_(q)
+    torch.clamp_max(p, 1 - info.eps / 2, out=qlogq).neg_().log1p_().mul_(q)
     return plogp.add_(qlogq).neg_()
 
 

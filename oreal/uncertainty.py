@@ -69,8 +69,8 @@ def binary_entropy(p: Tensor) -> Tensor:
         tensor([0.0000, 0.6931, 0.0000])
     """
     p = check_float(p, "p").to(compute_dtype(p))
-    q = 1 - p
-    return 0 - (torch.special.xlogy(p, p) + torch.special.xlogy(q, q))
+    # (1 - p) ln(1 - p) as (1 - p) log1p(-p): for tiny p, 1 - p rounds to 1 and ln(1 - p) would be 0
+    return 0 - (torch.special.xlogy(p, p) + torch.special.xlog1py(1 - p, -p))
 
 
 def entropy(probs: Tensor, *, validate_args: bool = True) -> Tensor:

@@ -112,3 +112,19 @@ def test_inputs_not_modified():
         fn(probs)
     oreal.bald(mc), oreal.balent(mc)
     assert torch.equal(probs, before) and torch.equal(mc, mc_before)
+
+
+@given(st.floats(min_value=1.0000000031710769e-30, max_value=1.0, allow_subnormal=False, width=32))
+@settings(max_examples=300, deadline=None)
+def test_binary_entropy_keeps_both_terms_for_tiny_and_saturated_p(p):
+    """Against the float64 formula with log1p: for tiny p, (1 - p) ln(1 - p) ~ -p is not dropped (1 - p rounds to
+    1 in float32), and p = 1 gives 0 (no NaN); the fused kernel of select agrees."""
+    from oreal.select import _binary_entropy_into
+
+    x = torch.tensor([p], dtype=torch.float32)
+    d = x.double()
+    want = float(-(d * d.log()) - ((1 - d) * torch.log1p(-d) if p < 1 else 0))
+    got = [float(oreal.binary_entropy(x)),
+           float(_binary_entropy_into(x, torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)))]
+    for g in got:
+        assert g == pytest.approx(want, rel=1e-5, abs=1e-37), (p, got, want)

@@ -609,13 +609,12 @@ class Experiment:
             for spec in self.cfg.strategies:
                 st = self.run_strategy(spec, seed, init)
                 results["runs"][_run_id(spec, seed)] = {"strategy": spec, "seed": seed, "history": st["history"],
-                                        "picks": st["picks"],
-                                        "labeled": st["labeled"].nonzero().tolist()}
+                                                        "picks": st["picks"],
+                                                        "labeled": st["labeled"].nonzero().tolist()}
         results["wall_s"] = time.time() - t0
         summarise(results)
         write_json(self.out / "results.json", results)
         return results
-
 
     def run_strategy(self, spec, seed, init):
         """Run (or resume) the rounds of one (strategy, seed) run from its round-0 state ``init``, saving the

@@ -589,6 +589,7 @@ class Experiment:
             total += self.full_config().max_epochs
         self.bar = Progress(total, self.progress)
         bar = self.bar
+        t0 = time.time()
         if self.jobs > 1:  # compute every state in worker processes; the pass below then reads them back
             self._run_parallel()
             bar.close()
@@ -599,7 +600,6 @@ class Experiment:
                    "unit": self.cfg.unit, "labels": self.cfg.labels, "semi": self.cfg.semi,
                    "pool_pixels": int(self.pool_labels.numel()),
                    "pool_units": int((oreal.superpixel_counts(self.sp_map, self.S) > 0).sum()), "runs": {}}
-        t0 = time.time()
         if self.cfg.full_supervision:
             st = self.full()
             results["full_miou"] = st["history"][0]["test_miou"]

@@ -21,9 +21,9 @@ runs ``python -m examples.al_loop`` with the study's configuration, then writes 
   one-thread processes get more out of the two cores than one two-thread process.
 
 Options the study does not know go to ``examples.al_loop`` (``--labels weak``, ``--unit pixel``, ``--semi plar``:
-the other label schemes on the same setting; ``--budget`` sets the units per round, ``--compare`` adds another
-run at equal clicks to the report). ``--seeds``, ``--strategies``, ``--rounds`` narrow the run (the same output folder can be completed later: the
-loop resumes). ``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few
+the other label schemes on the same setting); ``--budget`` sets the units per round, ``--compare`` adds another
+run at equal clicks to the report. ``--seeds``, ``--strategies``, ``--rounds`` narrow the run (the same output
+folder can be completed later: the loop resumes). ``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few
 minutes on one core); the tests use it.
 """
 from __future__ import annotations

@@ -101,7 +101,7 @@ def sampled_logits(low, index, size):
     (``grid_sample`` with ``align_corners=False`` uses the same source coordinate ``(i + 0.5) * in / out - 0.5``,
     and ``padding_mode="border"`` the same clamping at the edges)."""
     n, r, c = index.unbind(1)
-    (H, W), (h, w) = size, low.shape[-2:]
+    H, W = size
     x = (c.to(low.dtype) + 0.5) * (2.0 / W) - 1.0
     y = (r.to(low.dtype) + 0.5) * (2.0 / H) - 1.0
     out = low.new_empty(len(index), low.shape[1])

@@ -181,8 +181,10 @@ def build_lite0_fpn(num_classes, *, weights=None, weights_backbone=None, freeze=
             with open(weights_path(), "rb") as f:  # the weights' digest keys the disk cache
                 digest = hashlib.file_digest(f, "blake2b").hexdigest()[:16] if hasattr(hashlib, "file_digest") \
                     else hashlib.blake2b(f.read()).hexdigest()[:16]
-            _SHARED["frozen"] = _FrozenEncoder(efficientnet_lite0(pretrained=True, with_head=False),
-                                               f"{_IMAGENET_KEY}-{digest}")
+            with torch.random.fork_rng(devices=[]):  # building it must not move the caller's seeded RNG: the
+                # head's initialisation would then depend on whether this process had built the encoder before
+                _SHARED["frozen"] = _FrozenEncoder(efficientnet_lite0(pretrained=True, with_head=False),
+                                                   f"{_IMAGENET_KEY}-{digest}")
         encoder = _SHARED["frozen"]
     else:
         encoder = efficientnet_lite0(pretrained=pretrained, with_head=False)

@@ -271,3 +271,22 @@ def test_loop_refuses_a_missing_extra_or_a_frozen_random_encoder(tmp_path):
     p = subprocess.run(base + ["--model", "lite0_fpn_frozen", "--out", "b"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "frozen encoder needs the ImageNet weights" in p.stderr, p.stderr[-2000:]
+
+
+@needs_weights
+def test_the_head_init_does_not_depend_on_whether_the_frozen_encoder_was_built(monkeypatch):
+    """The shared frozen encoder is built on first use; building it must not consume the caller's seeded RNG,
+    or a run's head (hence its results) would depend on what the process did before."""
+    from examples import lite0_seg
+
+    def head(fresh):
+        if fresh:
+            monkeypatch.setattr(lite0_seg, "_SHARED", {})
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            return lite0_seg.build_lite0_fpn(4, weights_backbone="imagenet", freeze=True).state_dict()
+
+    first, again = head(True), head(False)
+    assert first.keys() == again.keys()
+    for k in first:
+        assert torch.equal(first[k], again[k]), k

@@ -111,11 +111,11 @@ class _FrozenEncoder:
             f = _CACHE.get(k)
             if f is None:
                 f = _disk_get(k)
-            if f is None:
-                f = [t[0] for t in enc.features(img[None])[1:]]
-                _disk_put(k, f)
+                if f is None:
+                    f = [t[0] for t in enc.features(img[None])[1:]]
+                    _disk_put(k, f)
                 size = sum(t.numel() * t.element_size() for t in f)
-                if _CACHE_USED[0] + size <= FEATURE_CACHE_BYTES:
+                if _CACHE_USED[0] + size <= FEATURE_CACHE_BYTES:  # read from disk or computed: kept in memory
                     _CACHE[k] = f
                     _CACHE_USED[0] += size
             feats.append(f)

@@ -554,6 +554,33 @@ def test_sampled_logits_are_the_upsampled_logits_at_those_pixels(h, w, H, W, see
     torch.testing.assert_close(sampled_logits(low, index, (H, W)), want, rtol=0, atol=1e-12)
 
 
+class _PixelwiseModel(torch.nn.Module):
+    """Logits per pixel from that pixel's colour only (the same bits whatever the batch), classes 1 and 2 tied."""
+
+    def forward(self, x):
+        return torch.cat([x[:, :1], x[:, 1:2], x[:, 1:2], x[:, 2:]], 1) * 3 - 1
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_evaluate_and_predict_logits_in_batches_equal_the_whole_set_at_once(batch):
+    from examples.train import IGNORE_INDEX, evaluate, predict_logits
+
+    import oreal
+
+    g = torch.Generator().manual_seed(1)
+    model = _PixelwiseModel()
+    x = torch.rand(7, 3, 9, 11, generator=g)
+    y = torch.randint(0, 4, (7, 9, 11), generator=g)
+    y[torch.rand(y.shape, generator=g) < 0.2] = IGNORE_INDEX
+    whole = model(x)
+    assert torch.equal(predict_logits(model, x, batch), whole)
+    # ties go to the first maximal class, as argmax says: class 2 is never predicted
+    want = float(oreal.miou(whole.argmax(1), y, 4, ignore_index=IGNORE_INDEX))
+    assert 0 < evaluate(model, x, y, 4, batch) == want
+    with pytest.raises(ValueError, match="at least one image"):
+        evaluate(model, x[:0], y[:0], 4, batch)
+
+
 class _LowModel(torch.nn.Module):
     """forward = bilinear upsampling of low_logits, as Lite0FPN; counts which path the loss used."""
 

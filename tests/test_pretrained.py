@@ -103,7 +103,7 @@ def test_lite0_model_errors():
 
 
 @needs_weights
-def test_frozen_model_caches_exact_features_and_saves_the_head_only(tmp_path):
+def test_frozen_model_caches_exact_features_and_saves_the_head_only(tmp_path, monkeypatch):
     from examples import lite0_seg
 
     lite0_seg.clear_feature_cache()
@@ -139,6 +139,10 @@ def test_frozen_model_caches_exact_features_and_saves_the_head_only(tmp_path):
     assert len(list((tmp_path / "cache" / "features").rglob("*.pt"))) >= 3
     again = m.net._frozen(xn)
     assert all(torch.equal(a, b) for a, b in zip(again, ref))
+    assert len(lite0_seg._CACHE) == 3  # what was read from disk stays in memory: the next call reads no file
+    with monkeypatch.context() as mp:
+        mp.setattr(lite0_seg, "_disk_get", lambda k: pytest.fail("the disk cache was read again"))
+        assert all(torch.equal(a, b) for a, b in zip(m.net._frozen(xn), ref))
     lite0_seg.clear_feature_cache()
 
 

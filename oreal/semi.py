@@ -195,7 +195,7 @@ def pseudo_labels(probs: Tensor, labels: Optional[Tensor] = None, *, threshold: 
     _check_probs_labels(probs, labels, ignore_index, validate_args)
     threshold = check_fraction(threshold, "threshold")
     p = probs.to(compute_dtype(probs))
-    pseudo, confidence = p.argmax(dim=1), p.amax(dim=1)  # argmax returns the first maximum: the lowest class
+    confidence, pseudo = p.max(dim=1)  # the indices are argmax's: the first maximum, the lowest class
     if labels is not None:
         given = labels != ignore_index
         pseudo = torch.where(given, labels.long(), pseudo)
@@ -281,7 +281,7 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
     features = grid(features)
     proto = _prototypes(features, labels, c, ignore_index, mode, block_size)
     p = probs.to(compute_dtype(probs))
-    pseudo, confidence = p.argmax(dim=1).reshape(-1), p.amax(dim=1).reshape(-1)
+    confidence, pseudo = (t.reshape(-1) for t in p.max(dim=1))  # indices: argmax's first maximum
     flat_labels = labels.reshape(-1).long()
     given = flat_labels != ignore_index
     ref = torch.where(given, flat_labels, pseudo)  # the class each pixel is checked against
@@ -296,7 +296,7 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
         sim = pixel_features(features, pos, h, w, mode) @ proto.vectors.T  # (b, C)
         sim = sim.masked_fill(absent, float("-inf"))
         ref_sim[part] = sim.gather(1, ref[part, None]).squeeze(1)
-        near_sim[part], near[part] = sim.amax(dim=1), sim.argmax(dim=1)  # argmax: first maximum, lower class
+        near_sim[part], near[part] = sim.max(dim=1)  # indices: the first maximum, the lower class
     thresholds = _lower_quantile(ref_sim[given], flat_labels[given], c, quantile)
     supports_y = ref_sim >= thresholds[ref]
     supports_k = near_sim >= thresholds[near]

@@ -128,3 +128,22 @@ def test_binary_entropy_keeps_both_terms_for_tiny_and_saturated_p(p):
            float(_binary_entropy_into(x, torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)))]
     for g in got:
         assert g == pytest.approx(want, rel=1e-5, abs=1e-37), (p, got, want)
+
+
+@given(c=st.integers(2, 7), shape=st.sampled_from([(5,), (2, 3, 4)]), levels=st.sampled_from([1, 2, 3, 1000]),
+       dtype=st.sampled_from([torch.float16, torch.float32, torch.float64]), seed=st.integers(0, 2 ** 31 - 1))
+@settings(max_examples=80, deadline=None)
+def test_top2_is_the_two_largest_of_each_pixel_ties_included(c, shape, levels, dtype, seed):
+    """The running pair gives what sorting each pixel's classes gives; 1 to 3 distinct values make ties common."""
+    from oreal.uncertainty import _top2
+
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(0, levels, (shape[0], c, *shape[1:]), generator=g) - 1.5).to(dtype)
+    first, second = _top2(x)
+    flat = x.movedim(1, -1).reshape(-1, c).tolist()
+    want = [sorted(row, reverse=True)[:2] for row in flat]
+    assert first.dtype == dtype and first.shape == (shape[0], *shape[1:])
+    assert first.reshape(-1).tolist() == [w[0] for w in want]
+    assert second.reshape(-1).tolist() == [w[1] for w in want]
+    assert torch.equal(x, (torch.randint(0, levels, (shape[0], c, *shape[1:]),
+                                         generator=torch.Generator().manual_seed(seed)) - 1.5).to(dtype))

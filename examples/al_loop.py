@@ -883,10 +883,10 @@ def _scheme_tables(results, summ, clicks):
     lines = []
     if results.get("unit") == "pixel" and results.get("full_miou") is not None:
         lines.append(f"\nPool pixels labeled when the mean curve reaches 95 % of full supervision "
-                     f"(of {results['pool_pixels']} pool pixels; {_pct(clicks[-1] / results['pool_pixels'])} % "
+                     f"(of {results['pool_pixels']} pool pixels; {100 * clicks[-1] / results['pool_pixels']:.3g} % "
                      f"labeled at the end):")
         lines += [f"- {s}: " + ("not reached" if e.get("pool_fraction_95") is None else
-                                f"{100 * e['pool_fraction_95']:.2f} %") for s, e in summ.items()]
+                                f"{100 * e['pool_fraction_95']:.3g} %") for s, e in summ.items()]
     if any("stage2" in e for e in summ.values()):
         head = ["strategy"] + _round_heads(summ) + ["AuALC"]
         lines += ["\nWeak labels, stage 2 (prototype pseudo labels, retrained): test mIoU % (pseudo-label "

@@ -111,7 +111,7 @@ def relative_table(results):
     units = results.get("pool_units")
     rounds = len(next(iter(summ.values()))["clicks"])
     budget = results.get("budget")
-    head = [f"r{i}" + (f" ({100 * budget * (i + 1) / units:.1f} % of the {_unit(results)})" if units and budget else "")
+    head = [f"r{i}" + (f" ({100 * budget * (i + 1) / units:.3g} % of the {_unit(results)})" if units and budget else "")
             for i in range(rounds)]
     lines = [f"Test mIoU as % of full supervision ({100 * full:.1f} mIoU), mean over seeds:", "",
              "| strategy | " + " | ".join(head) + " |", "|---|" + "---|" * rounds]

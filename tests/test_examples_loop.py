@@ -362,9 +362,11 @@ def test_report_gives_the_curves_as_a_share_of_full_supervision():
     res = {"full_miou": 0.5, "budget": 10, "pool_units": 200, "unit": "superpixel", "summary": {
         "a": {"clicks": [10, 20], "miou_mean": [0.25, 0.4]}, "b": {"clicks": [10, 20], "miou_mean": [0.25, 0.45]}}}
     lines = relative_table(res).splitlines()
-    assert "r0 (5.0 % of the superpixels) | r1 (10.0 % of the superpixels)" in lines[2]
+    assert "r0 (5 % of the superpixels) | r1 (10 % of the superpixels)" in lines[2]
     assert lines[4] == "| b | 50.0 | 90.0 |" and lines[5] == "| a | 50.0 | 80.0 |"  # 0.45 / 0.5, best first
     assert relative_table(dict(res, full_miou=None)) is None
+    tiny = relative_table(dict(res, pool_units=10 ** 6, unit="pixel")).splitlines()[2]  # sparse pixel shares
+    assert "r0 (0.001 % of the pixels) | r1 (0.002 % of the pixels)" in tiny
 
 
 # ---------------------------------------------------------------------------------------------- hardening

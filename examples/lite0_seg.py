@@ -7,13 +7,15 @@ features and a 1x1 fusion; ``Dropout2d`` (0.1, so MC dropout gives real samples)
 upsampling to the input size. The model takes ImageNet-normalised images (``models._Normalize`` does it).
 
 ``freeze=True`` keeps the pretrained encoder in eval mode without gradients and caches its features per
-distinct input image (keyed by a BLAKE2 hash of the image's bytes, shape and dtype, and of the weights file) in a process-wide cache,
-so the images of a pool, their flips and the val/test images go through the encoder once per process, whatever
-the model instance (the AL loop builds a new model per round); entries are also written to
-``$OREAL_CACHE/features/`` (``~/.cache/oreal`` by default, next to the superpixel cache) so later processes
-read them instead of running the encoder (``OREAL_FEATURE_DISK_CACHE=0`` turns that off). Each image goes through the encoder alone
-(batch of one), so cached and fresh features are bit-identical and results do not depend on which batch first
-met an image. The frozen encoder is not part of ``state_dict()``: saved states hold the head only.
+distinct input image in a process-wide cache, keyed by a BLAKE2 hash of the image's bytes, shape and dtype, of
+the weights file and, on the CPU, of torch's thread count (1 and 2 threads give features that differ in the last
+bits, so a run never reads features another thread count computed). The images of a pool, their flips and the
+val/test images go through the encoder once per process, whatever the model instance (the AL loop builds a new
+model per round); entries are also written to ``$OREAL_CACHE/features/`` (``~/.cache/oreal`` by default, next to
+the superpixel cache) so later processes read them instead of running the encoder
+(``OREAL_FEATURE_DISK_CACHE=0`` turns that off). Each image goes through the encoder alone (batch of one), so
+cached and fresh features are bit-identical and results do not depend on which batch first met an image. The
+frozen encoder is not part of ``state_dict()``: saved states hold the head only.
 """
 from __future__ import annotations
 
@@ -107,7 +109,9 @@ class _FrozenEncoder:
         feats = []
         for img in x:
             h = hashlib.blake2b(img.detach().cpu().contiguous().numpy().tobytes(), digest_size=16)
-            k = (self.key, tuple(img.shape), str(img.dtype), str(img.device), h.hexdigest())
+            # the thread count changes the CPU convolutions' last bits: features of another count are other bits
+            threads = torch.get_num_threads() if img.device.type == "cpu" else 0
+            k = (self.key, tuple(img.shape), str(img.dtype), str(img.device), h.hexdigest(), threads)
             f = _CACHE.get(k)
             if f is None:
                 f = _disk_get(k)

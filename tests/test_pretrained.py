@@ -147,6 +147,29 @@ def test_frozen_model_caches_exact_features_and_saves_the_head_only(tmp_path, mo
 
 
 @needs_weights
+def test_frozen_features_of_another_thread_count_are_not_reused(tmp_path):
+    """1 and 2 threads give features that differ in the last bits: each thread count has its own entries."""
+    from examples import lite0_seg
+
+    lite0_seg.clear_feature_cache()
+    m = build_model("lite0_fpn_frozen", 4, weights_backbone="imagenet")
+    enc, xn = m.net._frozen.encoder, torch.rand(2, 3, 40, 56)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            got = m.net._frozen(xn)
+            assert len(lite0_seg._CACHE) == 2 * count  # not served from the other count's entries
+            with torch.no_grad():
+                fresh = [torch.stack(t) for t in zip(*[[f[0] for f in enc.features(xn[i:i + 1])[1:]]
+                                                       for i in range(2)])]
+            assert all(torch.equal(a, b) for a, b in zip(got, fresh))
+    finally:
+        torch.set_num_threads(threads)
+        lite0_seg.clear_feature_cache()
+
+
+@needs_weights
 def test_lite0_fpn_finetunes_the_whole_network():
     torch.manual_seed(0)
     m = build_model("lite0_fpn", 3, weights_backbone="imagenet")

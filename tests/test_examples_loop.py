@@ -581,6 +581,8 @@ def test_evaluate_and_predict_logits_in_batches_equal_the_whole_set_at_once(batc
     assert 0 < evaluate(model, x, y, 4, batch) == want
     with pytest.raises(ValueError, match="at least one image"):
         evaluate(model, x[:0], y[:0], 4, batch)
+    with pytest.raises(ValueError, match="at least one image"):
+        predict_logits(model, x[:0], batch)
 
 
 class _LowModel(torch.nn.Module):

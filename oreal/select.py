@@ -28,7 +28,7 @@ from oreal._checks import (
 )
 from oreal.aggregate import check_sp_map, count_rows, flat_index, per_class
 from oreal.balance import class_debt
-from oreal.uncertainty import binary_entropy
+from oreal.uncertainty import _binary_entropy_into, binary_entropy
 
 __all__ = ["Selection", "candidates", "topk", "greedy_per_class", "select", "superpixel_ovr_entropy"]
 
@@ -213,21 +213,6 @@ def _distance_from_certain(slab: Tensor, buffer: Tensor) -> Tensor:
         slab = buffer.copy_(slab)
         return torch.minimum(slab, 1 - slab, out=buffer)
     return torch.minimum(slab, torch.sub(1, slab, out=buffer), out=buffer)
-
-
-def _binary_entropy_into(slab: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> Tensor:
-    """``h(p) = -[p ln p + (1 - p) ln(1 - p)]`` into the buffer ``plogp``, with vectorised logarithms.
-
-    ``p ln p`` takes ``max(p, tiny)`` so that ``0 ln 0 = 0`` without a mask (only subnormal ``p`` are moved, by less
-    than ``1e-36`` in ``h``); ``(1 - p) ln(1 - p)`` is ``(1 - p) log1p(-p)`` (for tiny ``p``, ``1 - p`` rounds to 1
-    and ``ln(1 - p)`` would lose the term), with ``p`` capped just below 1 so that ``p = 1`` gives ``0``, not NaN.
-    """
-    p = slab if slab.dtype == plogp.dtype else slab.to(plogp.dtype)  # half input: computed in float32
-    info = torch.finfo(plogp.dtype)
-    torch.clamp_min(p, info.tiny, out=plogp).log_().mul_(p)
-    torch.sub(1, p, out=q)
-    torch.clamp_max(p, 1 - info.eps / 2, out=qlogq).neg_().log1p_().mul_(q)
-    return plogp.add_(qlogq).neg_()
 
 
 @torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values

@@ -10,12 +10,11 @@ selection (see :func:`oreal.candidates`).
 
 Determinism: max and min are exact and deterministic on every device. Sums and means add floating point
 numbers through ``scatter_add``, whose order is not fixed on CUDA, so on GPUs they may differ between calls in the
-last bits; on the CPU they are deterministic.
+last bits; on the CPU they add in pixel order, deterministic and the same whatever the number of threads.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import torch
@@ -68,41 +67,28 @@ def flat_index(sp_map: Tensor, num_superpixels: int) -> Tensor:
 
 _IDENTITY = {"max": float("-inf"), "min": float("inf"), "sum": 0, "mean": 0}
 
-# Pixels per chunk (all images of the batch together) when reducing class planes on the CPU. A chunk of every class
-# plane is transformed at once into a scratch slab of ``C * CPU_CHUNK`` values (9.5 MiB of float32 at C = 19),
-# reused for every chunk. Every chunk costs a few parallel regions and ~C + 3 kernel calls, which dominate below
-# 2^16 pixels (and under load from other processes); 2^16 to 2^18 measure alike. `benchmarks/bench_select.py
-# --chunk N` measures it.
+# Pixels per slab when reducing class planes on the CPU: a slab is a run of CPU_CHUNK pixels of one image, or as many
+# whole images as fit in CPU_CHUNK pixels. Every class of a slab is transformed at once into a scratch buffer of
+# ``C * CPU_CHUNK`` values (9.5 MiB of float32 at C = 19), reused for every slab. Every slab costs a few parallel
+# regions and ~C + 3 kernel calls, which dominate below 2^16 pixels (and under load from other processes); 2^16 to
+# 2^18 measure alike. `benchmarks/bench_select.py --chunk N` measures it.
 CPU_CHUNK = 1 << 17
 
-# Scatter kernels run on one thread on the CPU, so the class planes of a chunk are spread over up to this many
-# threads (never more than torch.get_num_threads()); each plane is reduced by one thread, in pixel order, so the
-# result is the same bits whatever the thread count. Calls on fewer values than CPU_THREADING_MIN stay on the
-# calling thread (starting a thread costs more than it saves).
-CPU_THREADS = 2
-CPU_THREADING_MIN = 1 << 20
-
-_COUNTS = -1  # the job "count the pixels of each superpixel" in a thread's list of class planes
-
-
-def _cpu_threads() -> int:
-    return max(1, min(CPU_THREADS, torch.get_num_threads()))
-
-
-def _thread_jobs(score: Tensor, jobs: list) -> list:
-    """``jobs`` (class indices, maybe ``_COUNTS``) cut into one contiguous list per thread, the caller's first."""
-    threads = 1
-    if score.device.type == "cpu" and score.numel() >= CPU_THREADING_MIN:
-        threads = min(_cpu_threads(), len(jobs))
-    bounds = [round(i * len(jobs) / threads) for i in range(threads + 1)]
-    return [jobs[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+# Scatter kernels on the CPU are split over threads by rows only (one thread reduces a row in index order), so for
+# max and min every slab's run of pixels of an image is reduced as CPU_PARTS rows of equal length into as many partial
+# results, combined at the end: torch's threads share the rows, and a single image uses both cores as well. The split
+# depends on the shapes only, and max and min are exact, so the result is the same bits whatever the number of
+# threads. Sums keep one row per image, added in pixel order: the same values in the same order give the same sum
+# wherever they lie in the image (two partial sums would group the values of a superpixel by its position).
+CPU_PARTS = 4
 
 
 def _scatter_into(out: Tensor, index: Tensor, src: Tensor, reduce: str) -> None:
+    """Reduce ``src`` into ``out`` along the last dimension by ``index`` (the same shape as ``src``)."""
     if reduce in ("sum", "mean"):
-        out.scatter_add_(1, index, src)
+        out.scatter_add_(-1, index, src)
     else:
-        out.scatter_reduce_(1, index, src, "amax" if reduce == "max" else "amin", include_self=True)
+        out.scatter_reduce_(-1, index, src, "amax" if reduce == "max" else "amin", include_self=True)
 
 
 def _finish(out: Tensor, reduce: str, counts: Tensor) -> Tensor:
@@ -130,40 +116,48 @@ def count_rows(index: Tensor, num_superpixels: int) -> Tensor:
     return scatter_rows(ones, index, num_superpixels, "sum")
 
 
-def _reduce_jobs(acc, counts: Optional[Tensor], index: Tensor, values: tuple, jobs: list, reduce: str,
-                 first_class: int) -> None:
-    """Scatter the class planes ``jobs`` of one chunk into ``acc`` (the planes, or the ``(N, C, S + 1)`` tensor);
-    ``values`` holds the planes of classes ``first_class...``."""
-    for k in jobs:
-        if k == _COUNTS:
-            counts.scatter_add_(1, index, torch.ones((), dtype=counts.dtype, device=index.device).expand_as(index))
-        else:
-            _scatter_into(acc[k] if isinstance(acc, tuple) else acc[:, k], index, values[k - first_class], reduce)
+def _combine(acc: Tensor, reduce: str) -> Tensor:
+    """The partial results ``(N, C, parts, S)`` of a max or min combined (sums have one part)."""
+    if acc.shape[2] == 1:
+        return acc[:, :, 0]
+    return acc.amax(2) if reduce == "max" else acc.amin(2)
+
+
+def _slabs(n: int, pixels: int, on_cpu: bool) -> list:
+    """``(rows, columns)`` slices of the slabs: on the CPU runs of ``CPU_CHUNK`` pixels of one image, or as many whole
+    images as fit in ``CPU_CHUNK`` pixels; on GPUs everything at once."""
+    if not on_cpu or not n or not pixels:
+        return [(slice(0, n), slice(0, pixels))] if n and pixels else []
+    if pixels >= CPU_CHUNK:
+        return [(slice(r, r + 1), slice(lo, min(lo + CPU_CHUNK, pixels)))
+                for r in range(n) for lo in range(0, pixels, CPU_CHUNK)]
+    group = CPU_CHUNK // pixels
+    return [(slice(r, min(r + group, n)), slice(0, pixels)) for r in range(0, n, group)]
 
 
 def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
-              transform: Optional[Callable[[Tensor, Tensor, slice], Tensor]] = None,
+              transform: Optional[Callable[[Tensor, Tensor, tuple], Tensor]] = None,
               identity: Optional[float] = None, *, slab_transform: Optional[Callable[..., Tensor]] = None,
               scratch: int = 1, visit: Optional[Callable[[Tensor, Tensor], None]] = None, with_counts: bool = False):
     """Reduce a ``(N, C, H, W)`` score class by class into ``(N, S, C)``, without a full-size temporary.
 
-    The values are visited in slabs ``(N, C', P')``: on the CPU every class of a chunk of ``CPU_CHUNK`` pixels
-    (all images together), on GPUs one class plane at a time; the extra memory is ``scratch`` slab-sized buffers
-    instead of an expanded index or a transformed copy. Before the reduction a slab may be rewritten, all its
-    classes at once, by ``slab_transform(slab, *buffers)`` (``slab`` in the input dtype, ``buffers`` ``scratch``
-    same-shaped tensors in the compute dtype that it may write into; it returns the values, in the compute dtype),
-    or class by class by ``transform(plane, buffer, columns)`` (``plane`` is ``(N, P')`` in the compute dtype, half
-    inputs upcast first, ``columns`` the slice of flattened pixel positions ``h * W + w`` it covers, ``buffer`` a
-    same-shaped scratch tensor). ``visit(slab, values)``, when given, sees every raw input slab, with all classes,
-    and its transformed values, to check them while they are in cache (CPU only; ``ValueError`` on other
-    devices). ``identity``, when given,
-    is a start value no pixel can beat (0 for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and
-    the pixel-count fix-up is skipped; otherwise empty superpixels get 0. ``with_counts=True`` also returns the
-    pixel counts ``(N, S)`` int64 (those of :func:`count_rows`), computed along.
+    The values are visited in slabs ``(N', C', P')``: on the CPU every class of a run of ``CPU_CHUNK`` pixels of one
+    image (or of several whole images), on GPUs one class plane at a time; the extra memory is ``scratch``
+    slab-sized buffers instead of an expanded index or a transformed copy. Before the reduction a slab may be
+    rewritten, all its classes at once, by ``slab_transform(slab, *buffers)`` (``slab`` in the input dtype,
+    ``buffers`` ``scratch`` same-shaped tensors in the compute dtype that it may write into; it returns the values, in
+    the compute dtype), or class by class by ``transform(plane, buffer, where)`` (``plane`` is ``(N', P')`` in the
+    compute dtype, half inputs upcast first, ``where`` the ``(rows, columns)`` slices of the images and flattened
+    pixel positions ``h * W + w`` it covers, ``buffer`` a same-shaped scratch tensor). ``visit(slab, values)``, when
+    given, sees every raw input slab, with all classes, and its transformed values, to check them while they are in
+    cache (CPU only; ``ValueError`` on other devices). ``identity``, when given, is a start value no pixel can beat (0
+    for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count fix-up is skipped;
+    otherwise empty superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)`` int64 (those of
+    :func:`count_rows`), computed along.
 
-    On the CPU the class planes of a chunk are reduced on up to ``CPU_THREADS`` threads (scatter kernels use one
-    thread each); each plane is reduced by one thread in pixel order, so the result does not depend on the number
-    of threads.
+    On the CPU torch's threads share the rows of every scatter, each row reduced by one thread in pixel order: for max
+    and min each image's pixels of a slab are ``CPU_PARTS`` rows with partial results combined at the end, for sums
+    the images are the rows. The result does not depend on the number of threads.
     """
     n, c = score.shape[:2]
     dtype = compute_dtype(score)
@@ -172,49 +166,42 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
     on_cpu = score.device.type == "cpu"
     if visit is not None and not on_cpu:
         raise ValueError("per_class: `visit` needs whole-class slabs, which only the CPU path uses")
-    step, block = (max(1, CPU_CHUNK // max(n, 1)), c) if on_cpu else (max(pixels, 1), 1)
+    block = c if on_cpu else 1
+    parts = CPU_PARTS if on_cpu and reduce in ("max", "min") else 1
     start = _IDENTITY[reduce] if identity is None else identity
-    acc = torch.full((n, c, num_superpixels + 1), start, dtype=dtype, device=score.device)
-    recording = torch.is_grad_enabled() and score.requires_grad  # autograd records the scatters: one thread,
-    acc_planes = acc if recording else acc.unbind(1)  # and a fresh view per scatter (unbind's may not be written)
+    acc = torch.full((n, c, parts, num_superpixels + 1), start, dtype=dtype, device=score.device)
     need_counts = with_counts or (reduce != "sum" and identity is None)
-    counts = torch.zeros(n, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
-    shape = (n, block, min(step, pixels))
+    counts = torch.zeros(n, parts, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
+    slabs = _slabs(n, pixels, on_cpu)
+    shape = (max((r.stop - r.start for r, _ in slabs), default=0), block,
+             max((p.stop - p.start for _, p in slabs), default=0))
     buffers = [torch.empty(shape, dtype=dtype, device=score.device) for _ in range(max(1, scratch))]
-    jobs = list(range(c)) + ([_COUNTS] if need_counts else [])
-    groups = [jobs] if recording else _thread_jobs(score, jobs)
-    pool = ThreadPoolExecutor(len(groups) - 1, thread_name_prefix="oreal") if len(groups) > 1 else None
-    try:
-        for lo in range(0, pixels, step):
-            columns = slice(lo, min(lo + step, pixels))
-            idx = index[:, columns]
-            for k0 in range(0, c, block):
-                slab = flat[:, k0:k0 + block, columns]
-                views = [b[:, : slab.shape[1], : idx.shape[1]] for b in buffers]
-                values = _transformed(slab, views, columns, dtype, transform, slab_transform)
-                if visit is not None:
-                    visit(slab, values)
-                todo = [[k for k in g if k == _COUNTS or k0 <= k < k0 + block] for g in groups]
-                if k0 and _COUNTS in todo[-1]:
-                    todo[-1].remove(_COUNTS)  # count once per chunk
-                planes = values.unbind(1)
-                futures = [pool.submit(_reduce_jobs, acc_planes, counts, idx, planes, g, reduce, k0) for g in todo[1:]]
-                _reduce_jobs(acc_planes, counts, idx, planes, todo[0], reduce, k0)
-                for f in futures:
-                    f.result()
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    out = acc[:, :, :num_superpixels]
-    counts = counts[:, :num_superpixels] if counts is not None else None
+    for rows, columns in slabs:
+        idx = index[rows, columns]
+        split = parts if idx.shape[1] % parts == 0 else 1  # a slab that does not split evenly goes to part 0
+        idx = idx.reshape(idx.shape[0], split, idx.shape[1] // split)
+        if need_counts:
+            ones = torch.ones((), dtype=counts.dtype, device=idx.device).expand_as(idx)  # no index-sized copy
+            counts[rows, :split].scatter_add_(-1, idx, ones)
+        for k0 in range(0, c, block):
+            slab = flat[rows, k0:k0 + block, columns]
+            views = [b[: slab.shape[0], : slab.shape[1], : slab.shape[2]] for b in buffers]
+            values = _transformed(slab, views, (rows, columns), dtype, transform, slab_transform)
+            if visit is not None:
+                visit(slab, values)
+            for k in range(slab.shape[1]):
+                _scatter_into(acc[rows, k0 + k, :split], idx, values[:, k].reshape(idx.shape), reduce)
+    out = _combine(acc[..., :num_superpixels], reduce)
+    if counts is not None:
+        counts = counts[..., :num_superpixels].sum(1)
     if reduce != "sum" and identity is None:
         out = _finish(out, reduce, counts[:, None])
     out = out.permute(0, 2, 1).contiguous()
     return (out, counts) if with_counts else out
 
 
-def _transformed(slab: Tensor, buffers: list, columns: slice, dtype: torch.dtype,
-                 transform: Optional[Callable[[Tensor, Tensor, slice], Tensor]],
+def _transformed(slab: Tensor, buffers: list, where: tuple, dtype: torch.dtype,
+                 transform: Optional[Callable[[Tensor, Tensor, tuple], Tensor]],
                  slab_transform: Optional[Callable[..., Tensor]]) -> Tensor:
     """The values to reduce for one slab: transformed, or upcast, or the slab itself."""
     if slab_transform is not None:
@@ -225,7 +212,7 @@ def _transformed(slab: Tensor, buffers: list, columns: slice, dtype: torch.dtype
     for k in range(slab.shape[1]):
         dest = buffer[:, k]
         plane = slab[:, k] if slab.dtype == dtype else dest.copy_(slab[:, k])  # upcast first
-        out = transform(plane, dest, columns)
+        out = transform(plane, dest, where)
         if out.data_ptr() != dest.data_ptr():
             dest.copy_(out)
     return buffer

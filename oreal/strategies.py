@@ -480,7 +480,7 @@ def _edge_entropy_class(pool: _Pool, aggregation: str, alpha: float, class_mask:
     probs = pool.probs
     weight = _edge_weights(pool, alpha).to(compute_dtype(probs)).reshape(probs.shape[0], -1)
     scores = per_class(probs, pool.index, pool.num_superpixels, aggregation,
-                       lambda p, _, columns: weight[:, columns] * binary_entropy(p))
+                       lambda p, _, where: weight[where] * binary_entropy(p))
     return _greedy(pool, scores.reshape(-1, probs.shape[1]), _check_class_mask(class_mask, pool))
 
 

@@ -121,10 +121,11 @@ def test_inputs_not_modified():
     assert torch.equal(score, s0) and torch.equal(sp, m0)
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 37])
+@pytest.mark.parametrize("chunk", [1, 5, 8, 12, 37])
 @pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_chunked_class_planes_match_reference(reduce, chunk, monkeypatch):
-    """Chunk boundaries (uneven last chunk included) never change the result."""
+    """Chunk boundaries (uneven last chunk included) never change the result; runs of 8 and 12 pixels are split into
+    4 rows (partial results), the 2-pixel remainders of the 42-pixel images are not."""
     monkeypatch.setattr(sys.modules["oreal.aggregate"], "CPU_CHUNK", chunk)
     score, sp = score_and_map(classes=3, seed=9)
     out = oreal.aggregate(score, sp, 9, reduce)
@@ -133,19 +134,43 @@ def test_chunked_class_planes_match_reference(reduce, chunk, monkeypatch):
         np.testing.assert_allclose(out[:, :, c].numpy(), expected, atol=1e-12)
 
 
+def with_threads(counts, fn):
+    """``[fn() for each torch thread count]``, the caller's thread count restored."""
+    saved = torch.get_num_threads()
+    try:
+        out = []
+        for threads in counts:
+            torch.set_num_threads(threads)
+            out.append(fn())
+        return out
+    finally:
+        torch.set_num_threads(saved)
+
+
 @pytest.mark.parametrize("reduce", REDUCTIONS)
-def test_result_bits_do_not_depend_on_the_thread_count(reduce, monkeypatch):
-    """Class planes spread over threads give the same bits as one thread (each plane is reduced in pixel order)."""
-    mod = sys.modules["oreal.aggregate"]
-    monkeypatch.setattr(mod, "CPU_THREADING_MIN", 0)
-    monkeypatch.setattr(mod, "CPU_CHUNK", 13)
-    score, sp = score_and_map(classes=5, seed=10)
+def test_result_bits_do_not_depend_on_the_thread_count(reduce):
+    """Two images of 32768 pixels: rows of one image (sums) or a quarter of one (max, min), 65536 values per scatter,
+    which torch's scatter shares among its threads: the same bits with 1 to 4 threads, and the reference's values."""
+    score, sp = score_and_map(n=2, h=128, w=256, s=40, seed=10, classes=3)
     score = score.float()
-    outs = []
-    for threads in (1, 2, 3, 6):
-        monkeypatch.setattr(mod, "_cpu_threads", lambda: threads)
-        outs.append(oreal.aggregate(score, sp, 9, reduce))
+    outs = with_threads((1, 2, 3, 4), lambda: oreal.aggregate(score, sp, 40, reduce))
     assert all(torch.equal(outs[0], out) for out in outs[1:])
-    for c in range(5):
-        expected = ref.aggregate(score[:, c].double().numpy(), sp.numpy(), 9, reduce)
-        np.testing.assert_allclose(outs[0][:, :, c].numpy(), expected, rtol=1e-6, atol=1e-6)
+    for c in range(3):
+        expected = ref.aggregate(score[:, c].double().numpy(), sp.numpy(), 40, reduce)
+        np.testing.assert_allclose(outs[0][:, :, c].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_equal_values_in_any_position_give_equal_sums(reduce, chunk, monkeypatch):
+    """Superpixels holding the same values in the same order get the same sum to the last bit, wherever they lie:
+    sums add in pixel order, not in groups that depend on the position (chunks of 64 pixels would be split)."""
+    if chunk:
+        monkeypatch.setattr(sys.modules["oreal.aggregate"], "CPU_CHUNK", chunk)
+    pos = torch.arange(8 * 64)
+    sp = torch.where(pos < 510, pos // 6, -1).reshape(1, 8, 64)  # runs of 6 pixels, across rows and chunks
+    # 1 + 3e-8 rounds to 1 in float32 (half an ulp is 6e-8), but 1 + (3e-8 + 3e-8) does not: any grouping shows
+    values = torch.tensor([1.0, 3e-8, 3e-8, 3e-8, 3e-8, 3e-8])
+    score = values[pos % 6].reshape(1, 1, 8, 64).expand(1, 3, 8, 64).contiguous()
+    out = oreal.aggregate(score, sp, 85, reduce)
+    assert torch.equal(out, out[:, :1].expand_as(out))

@@ -233,21 +233,21 @@ def test_max_ovr_entropy_is_the_literal_max_for_tiny_and_saturated(dtype, chunk,
 
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])
-def test_select_bits_do_not_depend_on_the_thread_count(aggregation, monkeypatch):
-    mod = sys.modules["oreal.aggregate"]
-    monkeypatch.setattr(mod, "CPU_THREADING_MIN", 0)
-    monkeypatch.setattr(mod, "CPU_CHUNK", 10)
-    probs, sp, counts, exclude = pool(c=7, seed=12)
+def test_select_bits_do_not_depend_on_the_thread_count(aggregation):
+    """Scatters that torch's threads share (see tests/test_aggregate.py): the same picks, scores and superpixel
+    scores to the last bit with 1 to 4 threads."""
+    from tests.test_aggregate import with_threads
+
+    probs, sp, counts, exclude = pool(n=2, c=5, h=128, w=256, s=40, seed=12)
     probs = probs.float()
-    runs = []
-    for threads in (1, 2, 4):
-        monkeypatch.setattr(mod, "_cpu_threads", lambda: threads)
-        runs.append(oreal.select(probs, sp, counts, 9, num_superpixels=8, exclude=exclude, aggregation=aggregation))
-        runs.append(oreal.superpixel_ovr_entropy(probs, sp, 8, aggregation))
-    assert all(torch.equal(a, b) for run in runs[2::2] for a, b in zip(runs[0], run))
-    assert all(torch.equal(runs[1], scores) for scores in runs[3::2])
-    expected = ref.select(probs.numpy(), sp.numpy(), counts.tolist(), 9, 8, exclude.numpy(), aggregation)
-    assert as_rows(runs[0]) == [(n, s, c) for n, s, c, _ in expected]
+
+    def run():
+        return (oreal.select(probs, sp, counts, 9, num_superpixels=40, exclude=exclude, aggregation=aggregation),
+                oreal.superpixel_ovr_entropy(probs, sp, 40, aggregation))
+
+    runs = with_threads((1, 2, 3, 4), run)
+    for sel, scores in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0][0], sel)) and torch.equal(runs[0][1], scores)
 
 
 @pytest.mark.parametrize("aggregation", ["max", "mean"])

@@ -5,9 +5,9 @@ the MC-sample scores), and returns one score per pixel, ``(N, *)``, except :func
 column per class. Half-precision inputs are computed and returned in float32; float64 stays float64. Natural
 logs with ``0 * ln 0 = 0`` throughout, so probabilities of exactly 0 or 1 never give NaN: ``t ln t`` is computed
 as ``t * ln(max(t, tiny))`` with torch's vectorised logarithm (:func:`_xlogx`), 2 to 3 times faster on the CPU
-than the scalar :func:`torch.special.xlogy`, whose results it matches to the last bit or one ulp. All functions are deterministic and never modify their input; sums over classes and samples add in
-index order, so equal values give bit-identical scores whatever the memory layout (contiguous, channels_last,
-any strides) or batch size.
+than the scalar :func:`torch.special.xlogy` and within a few ulp of the exact value. All functions are deterministic
+and never modify their input; sums over classes and samples add in index order, so equal values give bit-identical
+scores whatever the memory layout (contiguous, channels_last, any strides) or batch size.
 """
 
 from __future__ import annotations

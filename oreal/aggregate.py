@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from oreal._checks import (
+    all_finite,
     check_choice,
     check_float,
     check_int,
@@ -251,7 +252,7 @@ def aggregate(score: Tensor, sp_map: Tensor, num_superpixels: int, reduce: str =
     spatial = (score.shape[0],) + tuple(score.shape[-2:])
     num_superpixels = check_sp_map(sp_map, num_superpixels, shape=spatial, like=score, like_name="score",
                                    validate_args=validate_args)
-    if validate_args and score.is_floating_point() and not bool(torch.isfinite(score).all()):
+    if validate_args and not all_finite(score):
         raise ValueError("Expected `score` to contain only finite values, but found NaN or inf")
     index = flat_index(sp_map, num_superpixels)
     if score.ndim == 4:

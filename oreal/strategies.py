@@ -112,12 +112,14 @@ Pool = _Pool
 
 
 def _by_images(fn: Callable[..., Tensor], x: Tensor) -> Tensor:
-    """``fn(x)`` computed on blocks of whole images (dim 0) and concatenated, to bound the temporaries."""
+    """``fn(x)`` computed on blocks of whole images (dim 0) and concatenated (each output, when ``fn`` returns a
+    tuple), to bound the temporaries."""
     per_image = max(1, x[0].numel()) if x.shape[0] else 1
     block = max(1, _BLOCK_ELEMENTS // per_image)
     if block >= x.shape[0]:
         return fn(x)
-    return torch.cat([fn(part) for part in x.split(block)])
+    outs = [fn(part) for part in x.split(block)]
+    return tuple(map(torch.cat, zip(*outs))) if isinstance(outs[0], tuple) else torch.cat(outs)
 
 
 def _pixel_score(fn: Callable[..., Tensor], x: Tensor) -> Tensor:
@@ -282,12 +284,19 @@ def _uncertainty(fn: Callable[..., Tensor]) -> Callable[..., Selection]:
     return strategy
 
 
+def _bvsb_and_argmax(probs: Tensor) -> Tuple[Tensor, Tensor]:
+    """:func:`oreal.bvsb` (the same bits) and the predicted class (``argmax``, first maximum) of each pixel, from one
+    running top-2."""
+    first, second, index = _top2(probs.to(compute_dtype(probs)), with_index=True)
+    return second / first, index
+
+
 def revisiting_terms(probs: Tensor, sp_map: Tensor, num_superpixels: int, aggregation: str) -> Tuple[Tensor, Tensor]:
     """Revisiting SP's per-superpixel terms: ``u`` = BvSB ratio aggregated over the superpixel and the dominant
     predicted class (ties to the lower class, ``-1`` for empty superpixels), both ``(N, S)``. Inputs validated.
     Every value depends on its own image only, so :mod:`oreal.stream` computes it batch by batch."""
-    u = aggregate(_pixel_score(bvsb, probs), sp_map, num_superpixels, aggregation, validate_args=False)
-    pred = _by_images(lambda part: part.max(1).indices, probs)  # (N, H, W); argmax (first maximum), faster
+    ratio, pred = _by_images(_bvsb_and_argmax, probs)  # (N, H, W) each
+    u = aggregate(ratio, sp_map, num_superpixels, aggregation, validate_args=False)
     dom = dominant_labels(pred, sp_map, num_superpixels, probs.shape[1], ignore_index=-1, validate_args=False)
     return u, dom
 
@@ -343,9 +352,8 @@ def pixelbal_weight(mass: Tensor, pixels: Tensor, mu: float, dtype: torch.dtype)
 def pixelbal_pixel_score(logits: Tensor, weight: Tensor) -> Tensor:
     """``r(x) * w_{argmax(x)}`` per pixel, ``(N, H, W)``: the BvSB ratio of ``softmax(logits)`` (temperature 1,
     computed as ``exp(z_(2) - z_(1))`` without the softmax) weighted by the predicted class's weight."""
-    z = logits.to(weight.dtype)
-    first, second = _top2(z)
-    return torch.exp(second - first) * weight[z.max(1).indices]  # max's indices: argmax's, faster on the CPU
+    first, second, index = _top2(logits.to(weight.dtype), with_index=True)
+    return torch.exp(second - first) * weight[index]
 
 
 def _pixelbal(pool: _Pool, aggregation: str, temperature: float, mu: float) -> Selection:

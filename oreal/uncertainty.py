@@ -120,19 +120,23 @@ def entropy(probs: Tensor, *, validate_args: bool = True) -> Tensor:
     return _entropy(_probs(probs, "probs", validate_args), 1)
 
 
-def _top2(x: Tensor) -> tuple[Tensor, Tensor]:
+def _top2(x: Tensor, with_index: bool = False):
     """The largest and second-largest values over dim 1 (``C >= 2``; a maximum two classes share is both), as
-    ``x.topk(2, dim=1).values`` gives them for finite values. A running pair updated class plane by class plane
-    with elementwise maximum and minimum: each plane is read once, where ``topk`` over the strided class dim
-    costs 10x more on the CPU."""
+    ``x.topk(2, dim=1).values`` gives them for finite values, and with ``with_index`` also the index of the largest
+    (the first one, as ``argmax``). A running pair updated class plane by class plane with elementwise maximum and
+    minimum: each plane is read once, where ``topk`` or ``argmax`` over the strided class dim costs 10x more on the
+    CPU."""
     a, b = x.select(1, 0), x.select(1, 1)
     first, second = torch.maximum(a, b), torch.minimum(a, b)
+    index = (b > a).long() if with_index else None
     low = torch.empty_like(first)
     for c in range(2, x.shape[1]):
         v = x.select(1, c)
+        if with_index:
+            index.masked_fill_(v > first, c)  # strictly larger: the first maximum keeps its index
         torch.maximum(second, torch.minimum(first, v, out=low), out=second)
         torch.maximum(first, v, out=first)
-    return first, second
+    return (first, second, index) if with_index else (first, second)
 
 
 def bvsb(probs: Tensor, *, validate_args: bool = True) -> Tensor:

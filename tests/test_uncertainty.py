@@ -145,6 +145,9 @@ def test_top2_is_the_two_largest_of_each_pixel_ties_included(c, shape, levels, d
     assert first.dtype == dtype and first.shape == (shape[0], *shape[1:])
     assert first.reshape(-1).tolist() == [w[0] for w in want]
     assert second.reshape(-1).tolist() == [w[1] for w in want]
+    again = _top2(x, with_index=True)  # the same pair, and the index of the first maximum (argmax's)
+    assert torch.equal(again[0], first) and torch.equal(again[1], second)
+    assert again[2].reshape(-1).tolist() == [row.index(max(row)) for row in flat]
     assert torch.equal(x, (torch.randint(0, levels, (shape[0], c, *shape[1:]),
                                          generator=torch.Generator().manual_seed(seed)) - 1.5).to(dtype))
 

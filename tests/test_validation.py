@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import oreal
 
@@ -130,3 +132,18 @@ def test_greedy_and_topk_errors():
         oreal.topk(scores[:, 0], 2, candidates=cand[:4])
     with pytest.raises(ValueError, match="only finite values"):
         oreal.topk(torch.tensor([1.0, float("nan")]), 1, candidates=torch.ones(2, dtype=torch.bool))
+
+
+@given(st.integers(0, 60), st.sampled_from([float("nan"), float("inf"), float("-inf"), None]),
+       st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]), st.integers(0, 2 ** 31 - 1))
+@settings(max_examples=120, deadline=None)
+def test_all_finite_finds_nan_and_inf_anywhere(size, bad, dtype, seed):
+    """``all_finite`` (one aminmax) against ``isfinite(x).all()``, with one bad value anywhere, empty included."""
+    from oreal._checks import all_finite
+
+    g = torch.Generator().manual_seed(seed)
+    x = (1e3 * torch.randn(size, generator=g)).to(dtype)
+    if bad is not None and size:
+        x[int(torch.randint(0, size, (1,), generator=g))] = bad
+    assert all_finite(x) == bool(torch.isfinite(x).all())
+    assert all_finite(x.reshape(1, size, 1).expand(2, size, 3)) == bool(torch.isfinite(x).all())

@@ -195,8 +195,9 @@ def class_mass(logits: Tensor, sp_map: Tensor, temperature: float) -> Tensor:
     float64 partial sums are integers below ``2^53``) and returned as int64. Integer sums do not depend on the
     order of the additions, so the pool mass, and with it :func:`class_mean`, is bit-for-bit the same for any
     blocking, batching (:mod:`oreal.stream`) or sharding, and within ``4e-15`` of the float sum per pixel. Pixels
-    with ``sp_map == -1`` do not count. One class plane is processed at a time (float64 temporaries of
-    ``N * H * W``).
+    with ``sp_map == -1`` do not count. The limbs are computed in the compute dtype, in place, one class plane at a
+    time: scaling by a power of two, ``floor``, the fraction and ``round`` are exact there, so they are the integers a
+    float64 computation gives.
 
     Args:
         logits (Tensor[N, C, H, W]): raw logits.
@@ -212,16 +213,18 @@ def class_mass(logits: Tensor, sp_map: Tensor, temperature: float) -> Tensor:
                 [      0,       0]])
     """
     n, c = logits.shape[:2]
-    valid = (sp_map >= 0).reshape(n, -1)
     q = torch.softmax(logits.to(compute_dtype(logits)).reshape(n, c, -1) / temperature, dim=1)
+    q.mul_((sp_map >= 0).reshape(n, 1, -1))  # pixels outside every superpixel weigh 0
     scale = float(1 << MASS_BITS)
     out = torch.empty(2, c, dtype=torch.long, device=logits.device)
+    hi = torch.empty_like(q[:, 0])
     for k in range(c):
-        scaled = torch.where(valid, q[:, k], 0).double() * scale
-        hi = scaled.floor()
-        lo = torch.round((scaled - hi) * scale)  # scaled - hi and the power-of-two scaling are exact
-        out[0, k] = hi.sum().long()
-        out[1, k] = lo.sum().long()
+        lo = q[:, k].mul_(scale)  # q * 2^24: exact
+        torch.floor(lo, out=hi)
+        lo.sub_(hi).mul_(scale).round_()  # the fraction, times 2^24: exact; then rounded to an integer
+        # integer partial sums below 2^53: exact in float64 in any order
+        out[0, k] = hi.sum(dtype=torch.float64).long()
+        out[1, k] = lo.sum(dtype=torch.float64).long()
     return out
 
 

@@ -186,6 +186,24 @@ def test_pixelbal_matches_query_and_is_batch_invariant():
     torch.testing.assert_close(limbs, float_mass, rtol=0, atol=4e-15 * valid.sum().item())
 
 
+@given(st.sampled_from([torch.float16, torch.float32, torch.float64]), st.floats(0.01, 10.0),
+       st.integers(0, 2 ** 31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_class_mass_limbs_are_the_float64_integers(dtype, temperature, seed):
+    """The in-place limbs against the obvious float64 computation of every pixel's ``hi = floor(q 2^24)`` and
+    ``lo = round((q 2^24 - hi) 2^24)``, summed as Python integers; tiny, saturated and exactly 0 masses included."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (20 * torch.randn(3, 4, 5, 6, generator=g)).to(dtype)
+    sp_map = torch.randint(-1, 3, (3, 5, 6), generator=g)
+    q = torch.softmax(logits.to(torch.float32 if dtype == torch.float16 else dtype) / temperature, 1).double()
+    scaled = q * 2.0 ** MASS_BITS
+    hi, valid = scaled.floor(), (sp_map >= 0).unsqueeze(1)
+    lo = torch.round((scaled - hi) * 2.0 ** MASS_BITS)
+    want = [[int(sum(int(v) for v in torch.where(valid, part, 0)[:, k].reshape(-1).tolist())) for k in range(4)]
+            for part in (hi, lo)]
+    assert class_mass(logits, sp_map, temperature).tolist() == want
+
+
 def test_random_is_keyed_and_batch_invariant():
     pool = make_pool(10, 3, 4, 4, 6, seed=2)
     order = torch.randperm(10, generator=torch.Generator().manual_seed(3))

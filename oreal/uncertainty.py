@@ -73,19 +73,21 @@ def _entropy(p: Tensor, dim: int) -> Tensor:
 def _binary_entropy_into(p: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> Tensor:
     """``h(p) = -[p ln p + (1 - p) ln(1 - p)]`` into the buffer ``plogp`` (``q`` and ``qlogq``: same-shaped scratch).
 
-    ``(1 - p) ln(1 - p)`` is ``(1 - p) log1p(-p)`` (for tiny ``p``, ``1 - p`` rounds to 1 and ``ln(1 - p)`` would lose
-    the term), with ``p`` capped just below 1 so that ``p = 1`` gives ``0``, not NaN. A half ``p`` is computed in the
-    buffers' dtype.
+    Evaluated at ``m = min(p, 1 - p)`` (``h`` is symmetric, and ``1 - p`` is exact for ``p >= 0.5``), so ``h(p)`` and
+    ``h(1 - p)`` are the same bits and ``p = 1`` gives 0; ``(1 - m) ln(1 - m)`` is ``(1 - m) log1p(-m)`` (for tiny
+    ``m``, ``1 - m`` rounds to 1 and ``ln(1 - m)`` would lose the term). A half ``p`` is computed in the buffers'
+    dtype.
     """
     p = p if p.dtype == plogp.dtype else p.to(plogp.dtype)
-    _xlogx(p, out=plogp)
-    torch.sub(1, p, out=q)
-    torch.clamp_max(p, 1 - torch.finfo(p.dtype).eps / 2, out=qlogq).neg_().log1p_().mul_(q)
+    m = torch.minimum(p, torch.sub(1, p, out=q), out=q)
+    _xlogx(m, out=plogp)
+    torch.neg(m, out=qlogq).log1p_().mul_(m.neg_().add_(1))  # m is now 1 - m
     return plogp.add_(qlogq).neg_()
 
 
 def binary_entropy(p: Tensor) -> Tensor:
-    """Binary entropy ``h(p) = -[p ln p + (1 - p) ln(1 - p)]``, elementwise, in ``[0, ln 2]``.
+    """Binary entropy ``h(p) = -[p ln p + (1 - p) ln(1 - p)]``, elementwise, in ``[0, ln 2]``; ``h(p)`` and
+    ``h(1 - p)`` are the same bits (it is evaluated at ``min(p, 1 - p)``).
 
     Args:
         p (Tensor[*]): probabilities in ``[0, 1]``.

@@ -173,3 +173,12 @@ def test_xlogx_is_t_ln_t_with_0_ln_0_0(values, dtype):
     spread[::2] = t
     assert torch.equal(_xlogx(spread[::2]), got)
     assert torch.equal(t, torch.tensor(values, dtype=dtype))  # input untouched
+
+
+@given(st.floats(min_value=0.5, max_value=1.0, width=32), st.sampled_from([torch.float32, torch.float64]))
+@settings(max_examples=200, deadline=None)
+def test_binary_entropy_is_symmetric_to_the_last_bit(p, dtype):
+    """``h(p) == h(1 - p)`` bit for bit (``1 - p`` is exact for ``p >= 0.5``), so the literal max of ``h`` over pixels
+    and ``h`` of the pixel nearest to 0.5 are the same number."""
+    x = torch.tensor([p], dtype=dtype)
+    assert torch.equal(oreal.binary_entropy(x), oreal.binary_entropy(1 - x))

@@ -65,8 +65,8 @@ def python_loop_scores(probs: torch.Tensor, sp_map: torch.Tensor, s: int) -> tor
             mask = sp_map[i] == k
             if mask.any():
                 p = probs[i][:, mask]  # (C, P)
-                h = oreal.binary_entropy(p)  # the same elementwise h, so that both rank alike to the last bit
-                out[i * s + k] = h.amax(1)
+                h = oreal.binary_entropy(p.double())  # float64, as select evaluates its maxima, then rounded
+                out[i * s + k] = h.amax(1).to(probs.dtype)
     return out
 
 

@@ -224,7 +224,10 @@ def superpixel_ovr_entropy(probs: Tensor, sp_map: Tensor, num_superpixels: int, 
     it, so ``max_{x in g} h(p_c(x)) = h(max_{x in g} min(p_c(x), 1 - p_c(x)))``; the logarithms are taken on
     ``N * S * C`` numbers instead of ``N * C * H * W``. ``min(p, 1 - p)`` is exact in binary floating point, so
     the result is the binary entropy of the pixel that maximises ``h`` for every representable ``p``, down to
-    the subnormals (the form ``h(0.5 - min |p - 0.5|)`` would round ``p < 1.5e-8`` to 0 in float32). ``mean``
+    the subnormals (the form ``h(0.5 - min |p - 0.5|)`` would round ``p < 1.5e-8`` to 0 in float32); that ``h`` is
+    evaluated in float64 and rounded once, so it is the float64 literal max rounded to the input's precision (a
+    float32 ``h`` of every pixel is not monotone to the last bit near 0.5, where its literal max can be one ulp off
+    and pick another pixel). ``mean``
     averages ``h(p_c(x))`` one class plane at a time. Empty superpixels get 0.
 
     Args:
@@ -275,7 +278,8 @@ def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation:
         # max min(p, 1 - p) per superpixel; 0 is the identity (no pixel is lower), so empty ones give h(0) = 0.
         nearest_half, counts = per_class(probs, index, num_superpixels, "max", identity=0.0, visit=visit,
                                          slab_transform=_distance_from_certain, with_counts=True)
-        return binary_entropy(nearest_half), counts
+        # h of the N * S * C maxima in float64, rounded once: the correctly rounded entropy of the pixel nearest 0.5
+        return binary_entropy(nearest_half.double()).to(nearest_half.dtype), counts
     return per_class(probs, index, num_superpixels, "mean", slab_transform=_binary_entropy_into, scratch=3,
                      visit=visit, with_counts=True)
 

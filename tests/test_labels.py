@@ -279,7 +279,7 @@ def test_half_precision_picks_differ_only_by_near_ties(dtype, tol):
         if scale == 3.0:  # the numbers quoted in the guide
             kept = len(set(zip(full.image.tolist(), full.superpixel.tolist()))
                        & set(zip(half.image.tolist(), half.superpixel.tolist())))
-            assert kept == {torch.float16: 16, torch.bfloat16: 8}[dtype]
+            assert kept == {torch.float16: 17, torch.bfloat16: 8}[dtype]
         # the same classes take picks in the same order (the debt does not depend on probs) ...
         assert torch.equal(full.cls, half.cls)
         # ... and within a class every half pick scores, in float32, within 2 * tol of the float32 pick it

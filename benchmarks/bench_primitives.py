@@ -52,8 +52,12 @@ def main() -> None:
         "xlogy(p, p) (scalar)": lambda: torch.special.xlogy(slab, slab, out=out),
         "p ln max(p, tiny) (oreal's t ln t)": lambda: torch.clamp_min(slab, 1e-38, out=out2).log_().mul_(slab),
         "sum over classes (validation)": lambda: slab.sum(dim=0),
+        "amax over blocks of 8 rows (a block prefilter)": lambda: slab.view(c, -1, 8, w).amax(dim=2),
     }
+    blocks = sp_map.reshape(n, h // 8, 8, w)
+    mixed = (blocks.amax(dim=2) != blocks.amin(dim=2)).double().mean().item()
     print(f"pool N={n} C={c} {h}x{w}; slab {c} x {run} = {share:.3f} of the pool; {torch.get_num_threads()} threads")
+    print(f"blocks of 8 rows x 1 column that cross a superpixel boundary: {100 * mixed:.1f} %")
     print(f"{'operation on the slab':62s} {'x read pass':>11s} {'ns/value':>9s}")
     for name, fn in ops.items():
         ratio, seconds, _ = paired_ratio(fn, lambda: probs.amax(dim=1), args.repeats)

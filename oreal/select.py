@@ -28,7 +28,7 @@ from oreal._checks import (
 )
 from oreal.aggregate import check_sp_map, count_rows, flat_index, per_class
 from oreal.balance import class_debt
-from oreal.uncertainty import _binary_entropy_into, binary_entropy
+from oreal.uncertainty import _binary_entropy_into, _distance_from_certain, binary_entropy
 
 __all__ = ["Selection", "candidates", "topk", "greedy_per_class", "select", "superpixel_ovr_entropy"]
 
@@ -205,14 +205,6 @@ def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, ca
     index = key.sort(stable=True).indices[:take]
     cls = taker[index]
     return index, cls, scores[index, cls]
-
-
-def _distance_from_certain(slab: Tensor, buffer: Tensor) -> Tensor:
-    """``min(p, 1 - p)`` into ``buffer``, exact: ``1 - p`` is exact for ``p >= 0.5`` (Sterbenz) and not taken below."""
-    if slab.dtype != buffer.dtype:  # half input: upcast first, the value is the same
-        slab = buffer.copy_(slab)
-        return torch.minimum(slab, 1 - slab, out=buffer)
-    return torch.minimum(slab, torch.sub(1, slab, out=buffer), out=buffer)
 
 
 @torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values

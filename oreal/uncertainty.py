@@ -70,6 +70,14 @@ def _entropy(p: Tensor, dim: int) -> Tensor:
     return 0 - _sum(p, dim, _xlogx)  # 0 - x, not -x: no -0.0 for certain pixels
 
 
+def _distance_from_certain(slab: Tensor, buffer: Tensor) -> Tensor:
+    """``min(p, 1 - p)`` into ``buffer``, exact: ``1 - p`` is exact for ``p >= 0.5`` (Sterbenz) and not taken below."""
+    if slab.dtype != buffer.dtype:  # half input: upcast first, the value is the same
+        slab = buffer.copy_(slab)
+        return torch.minimum(slab, 1 - slab, out=buffer)
+    return torch.minimum(slab, torch.sub(1, slab, out=buffer), out=buffer)
+
+
 def _binary_entropy_into(p: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> Tensor:
     """``h(p) = -[p ln p + (1 - p) ln(1 - p)]`` into the buffer ``plogp`` (``q`` and ``qlogq``: same-shaped scratch).
 
@@ -78,8 +86,7 @@ def _binary_entropy_into(p: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> 
     ``m``, ``1 - m`` rounds to 1 and ``ln(1 - m)`` would lose the term). A half ``p`` is computed in the buffers'
     dtype.
     """
-    p = p if p.dtype == plogp.dtype else p.to(plogp.dtype)
-    m = torch.minimum(p, torch.sub(1, p, out=q), out=q)
+    m = _distance_from_certain(p, q)
     _xlogx(m, out=plogp)
     torch.neg(m, out=qlogq).log1p_().mul_(m.neg_().add_(1))  # m is now 1 - m
     return plogp.add_(qlogq).neg_()

@@ -8,7 +8,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from oreal._checks import check_int, check_int_tensor, check_same_device, check_shape, validate_ids
+from oreal._checks import all_finite, check_int, check_int_tensor, check_same_device, check_shape, validate_ids
 
 __all__ = ["confusion_matrix", "miou", "miou_from_confusion", "aualc"]
 
@@ -140,7 +140,7 @@ def aualc(budgets: Union[Sequence[float], Tensor], mious: Union[Sequence[float],
                          f"{tuple(b.shape)} and {tuple(m.shape)}")
     if b.numel() < 2:
         raise ValueError(f"Expected at least two rounds to integrate over, but got {b.numel()}")
-    if not bool(torch.isfinite(b).all() and torch.isfinite(m).all()):
+    if not (all_finite(b) and all_finite(m)):
         raise ValueError("Expected `budgets` and `mious` to be finite, but found NaN or inf")
     if not bool((b[1:] > b[:-1]).all()):
         raise ValueError(f"Expected `budgets` to be strictly increasing, but got {b.tolist()}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -172,10 +173,10 @@ def _as_numpy_images(images: Any) -> Tuple[Any, Optional[torch.device]]:
         device = images.device
         x = images.detach()
         if x.is_floating_point():
-            if not bool(torch.isfinite(x).all()):
+            lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 1.0)  # NaN propagates
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ValueError("Expected float `images` in [0, 1] (or uint8 in [0, 255]), but got NaN or "
                                  "infinite values")
-            lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 1.0)
             if lo < 0 or hi > 1:
                 raise ValueError(f"Expected float `images` in [0, 1] (or uint8 in [0, 255]), but got values in "
                                  f"[{lo:.4g}, {hi:.4g}]; pass the images before normalisation")

@@ -214,18 +214,18 @@ def class_mass(logits: Tensor, sp_map: Tensor, temperature: float) -> Tensor:
     """
     n, c = logits.shape[:2]
     q = torch.softmax(logits.to(compute_dtype(logits)).reshape(n, c, -1) / temperature, dim=1)
-    q.mul_((sp_map >= 0).reshape(n, 1, -1))  # pixels outside every superpixel weigh 0
+    if not bool((sp_map >= 0).all()):
+        q.mul_((sp_map >= 0).reshape(n, 1, -1))  # pixels outside every superpixel weigh 0
     scale = float(1 << MASS_BITS)
-    out = torch.empty(2, c, dtype=torch.long, device=logits.device)
+    sums = []
     hi = torch.empty_like(q[:, 0])
     for k in range(c):
         lo = q[:, k].mul_(scale)  # q * 2^24: exact
         torch.floor(lo, out=hi)
         lo.sub_(hi).mul_(scale).round_()  # the fraction, times 2^24: exact; then rounded to an integer
         # integer partial sums below 2^53: exact in float64 in any order
-        out[0, k] = hi.sum(dtype=torch.float64).long()
-        out[1, k] = lo.sum(dtype=torch.float64).long()
-    return out
+        sums += [hi.sum(dtype=torch.float64), lo.sum(dtype=torch.float64)]
+    return torch.stack(sums).reshape(c, 2).t().long()
 
 
 def class_mean(mass: Tensor, pixels: Tensor, dtype: torch.dtype) -> Tensor:
@@ -290,7 +290,7 @@ def _uncertainty(fn: Callable[..., Tensor]) -> Callable[..., Selection]:
 def _bvsb_and_argmax(probs: Tensor) -> Tuple[Tensor, Tensor]:
     """:func:`oreal.bvsb` (the same bits) and the predicted class (``argmax``, first maximum) of each pixel, from one
     running top-2."""
-    first, second, index = _top2(probs.to(compute_dtype(probs)), with_index=True)
+    first, second, index = _top2(probs.to(compute_dtype(probs)), labels=torch.arange(probs.shape[1]))
     return second / first, index
 
 
@@ -355,8 +355,8 @@ def pixelbal_weight(mass: Tensor, pixels: Tensor, mu: float, dtype: torch.dtype)
 def pixelbal_pixel_score(logits: Tensor, weight: Tensor) -> Tensor:
     """``r(x) * w_{argmax(x)}`` per pixel, ``(N, H, W)``: the BvSB ratio of ``softmax(logits)`` (temperature 1,
     computed as ``exp(z_(2) - z_(1))`` without the softmax) weighted by the predicted class's weight."""
-    first, second, index = _top2(logits.to(weight.dtype), with_index=True)
-    return torch.exp(second - first) * weight[index]
+    first, second, w = _top2(logits.to(weight.dtype), labels=weight)
+    return torch.exp(second - first).mul_(w)
 
 
 def _pixelbal(pool: _Pool, aggregation: str, temperature: float, mu: float) -> Selection:

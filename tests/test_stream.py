@@ -187,14 +187,15 @@ def test_pixelbal_matches_query_and_is_batch_invariant():
 
 
 @given(st.sampled_from([torch.float16, torch.float32, torch.float64]), st.floats(0.01, 10.0),
-       st.integers(0, 2 ** 31 - 1))
+       st.integers(0, 2 ** 31 - 1), st.booleans())
 @settings(max_examples=40, deadline=None)
-def test_class_mass_limbs_are_the_float64_integers(dtype, temperature, seed):
+def test_class_mass_limbs_are_the_float64_integers(dtype, temperature, seed, holes):
     """The in-place limbs against the obvious float64 computation of every pixel's ``hi = floor(q 2^24)`` and
-    ``lo = round((q 2^24 - hi) 2^24)``, summed as Python integers; tiny, saturated and exactly 0 masses included."""
+    ``lo = round((q 2^24 - hi) 2^24)``, summed as Python integers; tiny, saturated and exactly 0 masses included;
+    with and without pixels outside every superpixel (``holes``)."""
     g = torch.Generator().manual_seed(seed)
     logits = (20 * torch.randn(3, 4, 5, 6, generator=g)).to(dtype)
-    sp_map = torch.randint(-1, 3, (3, 5, 6), generator=g)
+    sp_map = torch.randint(-1 if holes else 0, 3, (3, 5, 6), generator=g)
     q = torch.softmax(logits.to(torch.float32 if dtype == torch.float16 else dtype) / temperature, 1).double()
     scaled = q * 2.0 ** MASS_BITS
     hi, valid = scaled.floor(), (sp_map >= 0).unsqueeze(1)

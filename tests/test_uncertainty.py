@@ -145,9 +145,13 @@ def test_top2_is_the_two_largest_of_each_pixel_ties_included(c, shape, levels, d
     assert first.dtype == dtype and first.shape == (shape[0], *shape[1:])
     assert first.reshape(-1).tolist() == [w[0] for w in want]
     assert second.reshape(-1).tolist() == [w[1] for w in want]
-    again = _top2(x, with_index=True)  # the same pair, and the index of the first maximum (argmax's)
+    argmax = [row.index(max(row)) for row in flat]  # the first maximum
+    again = _top2(x, labels=torch.arange(c))  # the same pair, and the label of the first maximum: its index here
     assert torch.equal(again[0], first) and torch.equal(again[1], second)
-    assert again[2].reshape(-1).tolist() == [row.index(max(row)) for row in flat]
+    assert again[2].dtype == torch.long and again[2].reshape(-1).tolist() == argmax
+    weights = [0.5 + k for k in range(c)]  # float labels come back in x's dtype
+    labelled = _top2(x, labels=torch.tensor(weights, dtype=torch.float64))[2]
+    assert labelled.dtype == dtype and labelled.reshape(-1).tolist() == [weights[k] for k in argmax]
     assert torch.equal(x, (torch.randint(0, levels, (shape[0], c, *shape[1:]),
                                          generator=torch.Generator().manual_seed(seed)) - 1.5).to(dtype))
 

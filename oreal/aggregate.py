@@ -68,12 +68,17 @@ def flat_index(sp_map: Tensor, num_superpixels: int) -> Tensor:
 
 _IDENTITY = {"max": float("-inf"), "min": float("inf"), "sum": 0, "mean": 0}
 
-# Pixels per slab when reducing class planes on the CPU: a slab is a run of CPU_CHUNK pixels of one image, or as many
-# whole images as fit in CPU_CHUNK pixels. Every class of a slab is transformed at once into a scratch buffer of
-# ``C * CPU_CHUNK`` values (9.5 MiB of float32 at C = 19), reused for every slab. Every slab costs a few parallel
-# regions and ~C + 3 kernel calls, which dominate below 2^16 pixels (and under load from other processes); 2^16 to
-# 2^18 measure alike. `benchmarks/bench_select.py --chunk N` measures it.
+# Pixels per slab when reducing class planes on the CPU: a slab is as many whole images as fit in CPU_CHUNK pixels,
+# or, where fewer than two fit, the same run of pixels of up to CPU_IMAGES images, CPU_CHUNK pixels in all. Every
+# class of a slab is transformed at once into a scratch buffer of ``C * CPU_CHUNK`` values (9.5 MiB of float32 at
+# C = 19), reused for every slab. Every slab costs a few parallel regions and ~C + 3 kernel calls, which dominate
+# below 2^16 pixels (and under load from other processes); 2^16 to 2^18 measure alike.
+# `benchmarks/bench_select.py --chunk N` measures it.
 CPU_CHUNK = 1 << 17
+
+# Images side by side in a slab of large images: each image is a row of the slab's scatters, so torch's threads can
+# share sums too (one row per image), and every image's pixels are still reduced in pixel order, slab after slab.
+CPU_IMAGES = 4
 
 # Scatter kernels on the CPU are split over threads by rows only (one thread reduces a row in index order), so for
 # max and min every slab's run of pixels of an image is reduced as CPU_PARTS rows of equal length into as many partial
@@ -125,15 +130,18 @@ def _combine(acc: Tensor, reduce: str) -> Tensor:
 
 
 def _slabs(n: int, pixels: int, on_cpu: bool) -> list:
-    """``(rows, columns)`` slices of the slabs: on the CPU runs of ``CPU_CHUNK`` pixels of one image, or as many whole
-    images as fit in ``CPU_CHUNK`` pixels; on GPUs everything at once."""
+    """``(rows, columns)`` slices of the slabs: on the CPU as many whole images as fit in ``CPU_CHUNK`` pixels if that
+    is at least two (or all there are), else the same run of pixels of up to ``CPU_IMAGES`` images, ``CPU_CHUNK``
+    pixels in all, the runs of an image in pixel order; on GPUs everything at once."""
     if not on_cpu or not n or not pixels:
         return [(slice(0, n), slice(0, pixels))] if n and pixels else []
-    if pixels >= CPU_CHUNK:
-        return [(slice(r, r + 1), slice(lo, min(lo + CPU_CHUNK, pixels)))
-                for r in range(n) for lo in range(0, pixels, CPU_CHUNK)]
     group = CPU_CHUNK // pixels
-    return [(slice(r, min(r + group, n)), slice(0, pixels)) for r in range(0, n, group)]
+    if group >= min(n, 2):
+        return [(slice(r, min(r + group, n)), slice(0, pixels)) for r in range(0, n, group)]
+    side = min(n, CPU_IMAGES)
+    run = max(1, CPU_CHUNK // side)
+    return [(slice(r, min(r + side, n)), slice(lo, min(lo + run, pixels)))
+            for r in range(0, n, side) for lo in range(0, pixels, run)]
 
 
 def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
@@ -142,18 +150,18 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
               scratch: int = 1, visit: Optional[Callable[[Tensor, Tensor], None]] = None, with_counts: bool = False):
     """Reduce a ``(N, C, H, W)`` score class by class into ``(N, S, C)``, without a full-size temporary.
 
-    The values are visited in slabs ``(N', C', P')``: on the CPU every class of a run of ``CPU_CHUNK`` pixels of one
-    image (or of several whole images), on GPUs one class plane at a time; the extra memory is ``scratch``
-    slab-sized buffers instead of an expanded index or a transformed copy. Before the reduction a slab may be
-    rewritten, all its classes at once, by ``slab_transform(slab, *buffers)`` (``slab`` in the input dtype,
+    The values are visited in slabs ``(N', C', P')``: on the CPU every class of several whole images, or of the same run
+    of pixels of up to ``CPU_IMAGES`` images (:func:`_slabs`), on GPUs one class plane at a time; the extra memory is
+    ``scratch`` slab-sized buffers instead of an expanded index or a transformed copy. Before the reduction a slab may
+    be rewritten, all its classes at once, by ``slab_transform(slab, *buffers)`` (``slab`` in the input dtype,
     ``buffers`` ``scratch`` same-shaped tensors in the compute dtype that it may write into; it returns the values, in
     the compute dtype), or class by class by ``transform(plane, buffer, where)`` (``plane`` is ``(N', P')`` in the
-    compute dtype, half inputs upcast first, ``where`` the ``(rows, columns)`` slices of the images and flattened
-    pixel positions ``h * W + w`` it covers, ``buffer`` a same-shaped scratch tensor). ``visit(slab, values)``, when
-    given, sees every raw input slab, with all classes, and its transformed values, to check them while they are in
-    cache (CPU only; ``ValueError`` on other devices). ``identity``, when given, is a start value no pixel can beat (0
-    for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count fix-up is skipped;
-    otherwise empty superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)`` int64 (those of
+    compute dtype, half inputs upcast first, ``where`` the ``(rows, columns)`` slices of the images and flattened pixel
+    positions ``h * W + w`` it covers, ``buffer`` a same-shaped scratch tensor). ``visit(slab, values)``, when given,
+    sees every raw input slab, with all classes, and its transformed values, to check them while they are in cache (CPU
+    only; ``ValueError`` on other devices). ``identity``, when given, is a start value no pixel can beat (0 for a
+    ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count fix-up is skipped; otherwise empty
+    superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)`` int64 (those of
     :func:`count_rows`), computed along.
 
     On the CPU torch's threads share the rows of every scatter, each row reduced by one thread in pixel order: for max

@@ -160,17 +160,18 @@ def test_result_bits_do_not_depend_on_the_thread_count(reduce):
         np.testing.assert_allclose(outs[0][:, :, c].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [None, 64])
+@pytest.mark.parametrize("chunk", [None, 64, 1000])
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
 def test_equal_values_in_any_position_give_equal_sums(reduce, chunk, monkeypatch):
-    """Superpixels holding the same values in the same order get the same sum to the last bit, wherever they lie:
-    sums add in pixel order, not in groups that depend on the position (chunks of 64 pixels would be split)."""
+    """Superpixels holding the same values in the same order get the same sum to the last bit, wherever they lie and
+    in whichever image: sums add in pixel order, not in groups that depend on the position (chunks of 64 pixels cut
+    the two images into runs of 32 side by side, chunks of 1000 into runs of 500)."""
     if chunk:
         monkeypatch.setattr(sys.modules["oreal.aggregate"], "CPU_CHUNK", chunk)
     pos = torch.arange(8 * 64)
-    sp = torch.where(pos < 510, pos // 6, -1).reshape(1, 8, 64)  # runs of 6 pixels, across rows and chunks
+    sp = torch.where(pos < 510, pos // 6, -1).reshape(1, 8, 64).expand(2, 8, 64)  # runs of 6, across rows and chunks
     # 1 + 3e-8 rounds to 1 in float32 (half an ulp is 6e-8), but 1 + (3e-8 + 3e-8) does not: any grouping shows
     values = torch.tensor([1.0, 3e-8, 3e-8, 3e-8, 3e-8, 3e-8])
-    score = values[pos % 6].reshape(1, 1, 8, 64).expand(1, 3, 8, 64).contiguous()
+    score = values[pos % 6].reshape(1, 1, 8, 64).expand(2, 3, 8, 64).contiguous()
     out = oreal.aggregate(score, sp, 85, reduce)
-    assert torch.equal(out, out[:, :1].expand_as(out))
+    assert torch.equal(out, out[:1, :1].expand_as(out))

@@ -87,9 +87,10 @@ def _binary_entropy_into(p: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> 
     dtype.
     """
     m = _distance_from_certain(p, q)
-    _xlogx(m, out=plogp)
-    torch.neg(m, out=qlogq).log1p_().mul_(m.neg_().add_(1))  # m is now 1 - m
-    return plogp.add_(qlogq).neg_()
+    neg = torch.neg(m, out=qlogq)
+    torch.clamp_min(m, torch.finfo(m.dtype).tiny, out=plogp).log_().mul_(neg)  # -m ln m: _xlogx with the sign
+    neg.log1p_().mul_(torch.sub(1, m, out=m))  # (1 - m) ln(1 - m); m is now 1 - m
+    return plogp.sub_(qlogq)  # -(a + b) as (-a) - b: the same bits, one pass fewer
 
 
 def binary_entropy(p: Tensor) -> Tensor:

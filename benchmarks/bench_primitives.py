@@ -4,8 +4,8 @@
     python benchmarks/bench_primitives.py --threads 1
 
 A selection reads ``probs`` once; what it does per value on top of that read bounds how close to one read pass it
-can get. Every operation here runs on a slab of ``C x 2^17`` float32 values (the slab `oreal` reduces at a time on
-the CPU, in the last-level cache) taken from the same synthetic pool as `bench_select.py`, and its time is divided
+can get. Every operation here runs on a slab of ``C x CPU_CHUNK`` float32 values (the slab `oreal` reduces at a time
+on the CPU, in the last-level cache) taken from the same synthetic pool as `bench_select.py`, and its time is divided
 by the time of the read pass over the whole pool (``probs.amax(dim=1)``) scaled to the slab's share of the values:
 "x read pass" is what the operation would add to a selection if it ran once per value. Medians of back-to-back
 pairs, robust to load from other processes.
@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_select import paired_ratio, synthetic_probs, voronoi_superpixels  # noqa: E402
 
+from oreal.aggregate import CPU_CHUNK  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +37,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     probs = synthetic_probs(n, c, h, w, gen)
     sp_map = voronoi_superpixels(n, h, w, grid, gen)
-    run = 1 << 17
+    run = CPU_CHUNK
     slab = probs[0].reshape(c, h * w)[:, :run].contiguous()  # one image's run of pixels, every class
     index = sp_map[0].reshape(-1)[:run].long()
     share = slab.numel() / probs.numel()

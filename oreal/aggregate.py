@@ -70,11 +70,12 @@ _IDENTITY = {"max": float("-inf"), "min": float("inf"), "sum": 0, "mean": 0}
 
 # Pixels per slab when reducing class planes on the CPU: a slab is as many whole images as fit in CPU_CHUNK pixels,
 # or, where fewer than two fit, the same run of pixels of up to CPU_IMAGES images, CPU_CHUNK pixels in all. Every
-# class of a slab is transformed at once into a scratch buffer of ``C * CPU_CHUNK`` values (9.5 MiB of float32 at
+# class of a slab is transformed at once into scratch buffers of ``C * CPU_CHUNK`` values (4.75 MiB of float32 at
 # C = 19), reused for every slab. Every slab costs a few parallel regions and ~C + 3 kernel calls, which dominate
-# below 2^16 pixels (and under load from other processes); 2^16 to 2^18 measure alike.
+# in smaller slabs (and under load from other processes); mean aggregation's three buffers of 2^17 pixels no longer
+# fit in a 32 MiB cache, where 2^16 took 0.84 to 0.91 of the time (max: the same).
 # `benchmarks/bench_select.py --chunk N` measures it.
-CPU_CHUNK = 1 << 17
+CPU_CHUNK = 1 << 16
 
 # Images side by side in a slab of large images: each image is a row of the slab's scatters, so torch's threads can
 # share sums too (one row per image), and every image's pixels are still reduced in pixel order, slab after slab.

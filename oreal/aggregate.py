@@ -15,7 +15,7 @@ last bits; on the CPU they add in pixel order, deterministic and the same whatev
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor
@@ -145,24 +145,22 @@ def _slabs(n: int, pixels: int, on_cpu: bool) -> list:
             for r in range(0, n, side) for lo in range(0, pixels, run)]
 
 
-def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
-              transform: Optional[Callable[[Tensor, Tensor, tuple], Tensor]] = None,
-              identity: Optional[float] = None, *, slab_transform: Optional[Callable[..., Tensor]] = None,
-              scratch: int = 1, visit: Optional[Callable[[Tensor, Tensor], None]] = None, with_counts: bool = False):
+def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, identity: Optional[float] = None, *,
+              transform: Optional[Callable[[Tensor, List[Tensor], tuple], Tensor]] = None, scratch: int = 1,
+              visit: Optional[Callable[[Tensor, Tensor], None]] = None, with_counts: bool = False):
     """Reduce a ``(N, C, H, W)`` score class by class into ``(N, S, C)``, without a full-size temporary.
 
     The values are visited in slabs ``(N', C', P')``: on the CPU every class of several whole images, or of the same run
     of pixels of up to ``CPU_IMAGES`` images (:func:`_slabs`), on GPUs one class plane at a time; the extra memory is
     ``scratch`` slab-sized buffers instead of an expanded index or a transformed copy. Before the reduction a slab may
-    be rewritten, all its classes at once, by ``slab_transform(slab, *buffers)`` (``slab`` in the input dtype,
-    ``buffers`` ``scratch`` same-shaped tensors in the compute dtype that it may write into; it returns the values, in
-    the compute dtype), or class by class by ``transform(plane, buffer, where)`` (``plane`` is ``(N', P')`` in the
-    compute dtype, half inputs upcast first, ``where`` the ``(rows, columns)`` slices of the images and flattened pixel
-    positions ``h * W + w`` it covers, ``buffer`` a same-shaped scratch tensor). ``visit(slab, values)``, when given,
-    sees every raw input slab, with all classes, and its transformed values, to check them while they are in cache (CPU
-    only; ``ValueError`` on other devices). ``identity``, when given, is a start value no pixel can beat (0 for a
-    ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count fix-up is skipped; otherwise empty
-    superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)`` int64 (those of
+    be rewritten, all its classes at once, by ``transform(slab, buffers, where)`` (``slab`` in the input dtype,
+    ``buffers`` a list of ``scratch`` same-shaped tensors in the compute dtype that it may write into, ``where`` the
+    ``(rows, columns)`` slices of the images and flattened pixel positions ``h * W + w`` the slab covers; it returns the
+    values, in the compute dtype; half inputs are upcast where it does not transform). ``visit(slab, values)``, when
+    given, sees every raw input slab, with all classes, and its transformed values, to check them while they are in
+    cache (CPU only; ``ValueError`` on other devices). ``identity``, when given, is a start value no pixel can beat (0
+    for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count fix-up is skipped; otherwise
+    empty superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)`` int64 (those of
     :func:`count_rows`), computed along.
 
     On the CPU torch's threads share the rows of every scatter, each row reduced by one thread in pixel order: for max
@@ -196,7 +194,10 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
         for k0 in range(0, c, block):
             slab = flat[rows, k0:k0 + block, columns]
             views = [b[: slab.shape[0], : slab.shape[1], : slab.shape[2]] for b in buffers]
-            values = _transformed(slab, views, (rows, columns), dtype, transform, slab_transform)
+            if transform is not None:
+                values = transform(slab, views, (rows, columns))
+            else:  # half inputs upcast
+                values = slab if slab.dtype == dtype else views[0].copy_(slab)
             if visit is not None:
                 visit(slab, values)
             for k in range(slab.shape[1]):
@@ -208,24 +209,6 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str,
         out = _finish(out, reduce, counts[:, None])
     out = out.permute(0, 2, 1).contiguous()
     return (out, counts) if with_counts else out
-
-
-def _transformed(slab: Tensor, buffers: list, where: tuple, dtype: torch.dtype,
-                 transform: Optional[Callable[[Tensor, Tensor, tuple], Tensor]],
-                 slab_transform: Optional[Callable[..., Tensor]]) -> Tensor:
-    """The values to reduce for one slab: transformed, or upcast, or the slab itself."""
-    if slab_transform is not None:
-        return slab_transform(slab, *buffers)
-    buffer = buffers[0]
-    if transform is None:
-        return slab if slab.dtype == dtype else buffer.copy_(slab)
-    for k in range(slab.shape[1]):
-        dest = buffer[:, k]
-        plane = slab[:, k] if slab.dtype == dtype else dest.copy_(slab[:, k])  # upcast first
-        out = transform(plane, dest, where)
-        if out.data_ptr() != dest.data_ptr():
-            dest.copy_(out)
-    return buffer
 
 
 def aggregate(score: Tensor, sp_map: Tensor, num_superpixels: int, reduce: str = "max", *,

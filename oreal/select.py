@@ -269,11 +269,12 @@ def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation:
     if aggregation == "max":
         # max min(p, 1 - p) per superpixel; 0 is the identity (no pixel is lower), so empty ones give h(0) = 0.
         nearest_half, counts = per_class(probs, index, num_superpixels, "max", identity=0.0, visit=visit,
-                                         slab_transform=_distance_from_certain, with_counts=True)
+                                         transform=lambda slab, b, _: _distance_from_certain(slab, b[0]),
+                                         with_counts=True)
         # h of the N * S * C maxima in float64, rounded once: the correctly rounded entropy of the pixel nearest 0.5
         return binary_entropy(nearest_half.double()).to(nearest_half.dtype), counts
-    return per_class(probs, index, num_superpixels, "mean", slab_transform=_binary_entropy_into, scratch=3,
-                     visit=visit, with_counts=True)
+    return per_class(probs, index, num_superpixels, "mean", transform=lambda slab, b, _: _binary_entropy_into(slab, *b),
+                     scratch=3, visit=visit, with_counts=True)
 
 
 @torch.no_grad()  # acquisition never needs gradients; probs that require grad are read as plain values

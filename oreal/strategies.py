@@ -55,7 +55,7 @@ from oreal.select import (
     superpixel_ovr_entropy,
     topk,
 )
-from oreal.uncertainty import _mean, _top2, bald, balent, binary_entropy, bvsb, entropy, margin
+from oreal.uncertainty import _binary_entropy_into, _mean, _top2, bald, balent, bvsb, entropy, margin
 
 __all__ = ["available", "requirements", "query", "register", "unregister", "Stream", "Pool", "class_mass",
            "class_mean"]
@@ -490,8 +490,8 @@ def _edge_entropy(pool: _Pool, aggregation: str, alpha: float) -> Selection:
 def _edge_entropy_class(pool: _Pool, aggregation: str, alpha: float, class_mask: Optional[Tensor]) -> Selection:
     probs = pool.probs
     weight = _edge_weights(pool, alpha).to(compute_dtype(probs)).reshape(probs.shape[0], -1)
-    scores = per_class(probs, pool.index, pool.num_superpixels, aggregation,
-                       lambda p, _, where: weight[where] * binary_entropy(p))
+    scores = per_class(probs, pool.index, pool.num_superpixels, aggregation, scratch=3,
+                       transform=lambda slab, b, where: _binary_entropy_into(slab, *b).mul_(weight[where].unsqueeze(1)))
     return _greedy(pool, scores.reshape(-1, probs.shape[1]), _check_class_mask(class_mask, pool))
 
 

@@ -69,16 +69,18 @@ def flat_index(sp_map: Tensor, num_superpixels: int) -> Tensor:
 _IDENTITY = {"max": float("-inf"), "min": float("inf"), "sum": 0, "mean": 0}
 
 # Pixels per slab when reducing class planes on the CPU: a slab is as many whole images as fit in CPU_CHUNK pixels,
-# or, where fewer than two fit, the same run of pixels of up to CPU_IMAGES images, CPU_CHUNK pixels in all. Every
-# class of a slab is transformed at once into scratch buffers of ``C * CPU_CHUNK`` values (4.75 MiB of float32 at
-# C = 19), reused for every slab. Every slab costs a few parallel regions and ~C + 3 kernel calls, which dominate
-# in smaller slabs (and under load from other processes); mean aggregation's three buffers of 2^17 pixels no longer
-# fit in a 32 MiB cache, where 2^16 took 0.84 to 0.91 of the time (max: the same).
+# or, where fewer than two fit, a run of CPU_CHUNK pixels of one image (max, min) or the same run of pixels of up to
+# CPU_IMAGES images side by side, CPU_CHUNK pixels in all (sums). Every class of a slab is transformed at once into
+# scratch buffers of ``C * CPU_CHUNK`` values (9.5 MiB of float32 at C = 19), reused for every slab; where a transform
+# needs several buffers (mean aggregation's binary entropy: three), slabs are half as long, so that they stay in a
+# 32 MiB last-level cache (0.84 to 0.91 of the time of full-length slabs). Every slab costs a few parallel regions
+# and ~C + 3 kernel calls, which dominate in shorter slabs (and under load from other processes).
 # `benchmarks/bench_select.py --chunk N` measures it.
-CPU_CHUNK = 1 << 16
+CPU_CHUNK = 1 << 17
 
-# Images side by side in a slab of large images: each image is a row of the slab's scatters, so torch's threads can
-# share sums too (one row per image), and every image's pixels are still reduced in pixel order, slab after slab.
+# Images side by side in a slab of large images, for sums: each image is a row of the slab's scatters, so torch's
+# threads can share them (one row per image), and every image's pixels are still added in pixel order, slab after
+# slab. Max and min have rows enough (CPU_PARTS per image) and ran 5 to 10 % slower side by side.
 CPU_IMAGES = 4
 
 # Scatter kernels on the CPU are split over threads by rows only (one thread reduces a row in index order), so for
@@ -130,17 +132,17 @@ def _combine(acc: Tensor, reduce: str) -> Tensor:
     return acc.amax(2) if reduce == "max" else acc.amin(2)
 
 
-def _slabs(n: int, pixels: int, on_cpu: bool) -> list:
-    """``(rows, columns)`` slices of the slabs: on the CPU as many whole images as fit in ``CPU_CHUNK`` pixels if that
-    is at least two (or all there are), else the same run of pixels of up to ``CPU_IMAGES`` images, ``CPU_CHUNK``
-    pixels in all, the runs of an image in pixel order; on GPUs everything at once."""
+def _slabs(n: int, pixels: int, on_cpu: bool, chunk: int, side: int) -> list:
+    """``(rows, columns)`` slices of the slabs: on the CPU as many whole images as fit in ``chunk`` pixels if that is
+    at least two (or all there are), else the same run of pixels of up to ``side`` images, ``chunk`` pixels in all,
+    the runs of an image in pixel order; on GPUs everything at once."""
     if not on_cpu or not n or not pixels:
         return [(slice(0, n), slice(0, pixels))] if n and pixels else []
-    group = CPU_CHUNK // pixels
+    group = chunk // pixels
     if group >= min(n, 2):
         return [(slice(r, min(r + group, n)), slice(0, pixels)) for r in range(0, n, group)]
-    side = min(n, CPU_IMAGES)
-    run = max(1, CPU_CHUNK // side)
+    side = min(n, side)
+    run = max(1, chunk // side)
     return [(slice(r, min(r + side, n)), slice(lo, min(lo + run, pixels)))
             for r in range(0, n, side) for lo in range(0, pixels, run)]
 
@@ -150,18 +152,18 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
               visit: Optional[Callable[[Tensor, Tensor], None]] = None, with_counts: bool = False):
     """Reduce a ``(N, C, H, W)`` score class by class into ``(N, S, C)``, without a full-size temporary.
 
-    The values are visited in slabs ``(N', C', P')``: on the CPU every class of several whole images, or of the same run
-    of pixels of up to ``CPU_IMAGES`` images (:func:`_slabs`), on GPUs one class plane at a time; the extra memory is
-    ``scratch`` slab-sized buffers instead of an expanded index or a transformed copy. Before the reduction a slab may
-    be rewritten, all its classes at once, by ``transform(slab, buffers, where)`` (``slab`` in the input dtype,
-    ``buffers`` a list of ``scratch`` same-shaped tensors in the compute dtype that it may write into, ``where`` the
-    ``(rows, columns)`` slices of the images and flattened pixel positions ``h * W + w`` the slab covers; it returns the
-    values, in the compute dtype; half inputs are upcast where it does not transform). ``visit(slab, values)``, when
-    given, sees every raw input slab, with all classes, and its transformed values, to check them while they are in
-    cache (CPU only; ``ValueError`` on other devices). ``identity``, when given, is a start value no pixel can beat (0
-    for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count fix-up is skipped; otherwise
-    empty superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)`` int64 (those of
-    :func:`count_rows`), computed along.
+    The values are visited in slabs ``(N', C', P')``: on the CPU every class of several whole images, or of a run of
+    pixels of one image or, for sums, of up to ``CPU_IMAGES`` images side by side (:func:`_slabs`), on GPUs one class
+    plane at a time; the extra memory is ``scratch`` slab-sized buffers instead of an expanded index or a transformed
+    copy. Before the reduction a slab may be rewritten, all its classes at once, by ``transform(slab, buffers, where)``
+    (``slab`` in the input dtype, ``buffers`` a list of ``scratch`` same-shaped tensors in the compute dtype that it may
+    write into, ``where`` the ``(rows, columns)`` slices of the images and flattened pixel positions ``h * W + w`` the
+    slab covers; it returns the values, in the compute dtype; half inputs are upcast where it does not transform).
+    ``visit(slab, values)``, when given, sees every raw input slab, with all classes, and its transformed values, to
+    check them while they are in cache (CPU only; ``ValueError`` on other devices). ``identity``, when given, is a start
+    value no pixel can beat (0 for a ``max`` of ``min(p, 1 - p)``): empty superpixels then keep it and the pixel-count
+    fix-up is skipped; otherwise empty superpixels get 0. ``with_counts=True`` also returns the pixel counts ``(N, S)``
+    int64 (those of :func:`count_rows`), computed along.
 
     On the CPU torch's threads share the rows of every scatter, each row reduced by one thread in pixel order: for max
     and min each image's pixels of a slab are ``CPU_PARTS`` rows with partial results combined at the end, for sums
@@ -180,7 +182,8 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
     acc = torch.full((n, c, parts, num_superpixels + 1), start, dtype=dtype, device=score.device)
     need_counts = with_counts or (reduce != "sum" and identity is None)
     counts = torch.zeros(n, parts, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
-    slabs = _slabs(n, pixels, on_cpu)
+    chunk = CPU_CHUNK if scratch <= 1 else max(1, CPU_CHUNK // 2)
+    slabs = _slabs(n, pixels, on_cpu, chunk, 1 if parts > 1 else CPU_IMAGES)
     shape = (max((r.stop - r.start for r, _ in slabs), default=0), block,
              max((p.stop - p.start for _, p in slabs), default=0))
     buffers = [torch.empty(shape, dtype=dtype, device=score.device) for _ in range(max(1, scratch))]

@@ -291,8 +291,8 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
 
     Deterministic, and the same bits whatever the number of threads; one host sync for the number of picks (plus
     the checks under ``validate_args``, which on the CPU run in the same pass over ``probs``). Peak extra memory is
-    a scratch slab of ``C * 2^16`` values on the CPU (one class plane on GPUs) and a few ``(N, H, W)`` planes, not a
-    copy of ``probs``. Runs under ``torch.no_grad()``: ``probs`` that
+    a scratch slab of ``C * 2^17`` values on the CPU for max, three of ``C * 2^16`` for mean (one class plane on
+    GPUs) and a few ``(N, H, W)`` planes, not a copy of ``probs``. Runs under ``torch.no_grad()``: ``probs`` that
     require grad give the same picks and a score without a graph. An empty pool (``N = 0`` or ``H * W = 0``) gives
     an empty Selection for ``budget = 0`` and the "fewer candidates" error otherwise.
 

@@ -92,12 +92,12 @@ CPU_IMAGES = 4
 CPU_PARTS = 4
 
 
-def _scatter_into(out: Tensor, index: Tensor, src: Tensor, reduce: str) -> None:
-    """Reduce ``src`` into ``out`` along the last dimension by ``index`` (the same shape as ``src``)."""
+def _scatter_into(out: Tensor, index: Tensor, src: Tensor, reduce: str, dim: int = -1) -> None:
+    """Reduce ``src`` into ``out`` along ``dim`` (the last by default) by ``index`` (the same shape as ``src``)."""
     if reduce in ("sum", "mean"):
-        out.scatter_add_(-1, index, src)
+        out.scatter_add_(dim, index, src)
     else:
-        out.scatter_reduce_(-1, index, src, "amax" if reduce == "max" else "amin", include_self=True)
+        out.scatter_reduce_(dim, index, src, "amax" if reduce == "max" else "amin", include_self=True)
 
 
 def _finish(out: Tensor, reduce: str, counts: Tensor) -> Tensor:
@@ -167,7 +167,9 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
 
     On the CPU torch's threads share the rows of every scatter, each row reduced by one thread in pixel order: for max
     and min each image's pixels of a slab are ``CPU_PARTS`` rows with partial results combined at the end, for sums
-    the images are the rows. The result does not depend on the number of threads.
+    the images are the rows. A score whose classes are innermost in memory (``channels_last``) keeps that layout: one
+    scatter along the pixels reduces every class of a slab, each class in pixel order, and the threads share the
+    classes. The result does not depend on the number of threads or on the layout.
     """
     n, c = score.shape[:2]
     dtype = compute_dtype(score)
@@ -177,16 +179,21 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
     if visit is not None and not on_cpu:
         raise ValueError("per_class: `visit` needs whole-class slabs, which only the CPU path uses")
     block = c if on_cpu else 1
-    parts = CPU_PARTS if on_cpu and reduce in ("max", "min") else 1
+    # classes innermost in memory (channels_last): slabs, buffers and accumulators keep that layout, and one scatter
+    # along the pixels reduces all classes, without transposing the input; its classes are what the threads share
+    inner = on_cpu and c > 1 and flat.stride(1) == 1
+    parts = CPU_PARTS if on_cpu and reduce in ("max", "min") and not inner else 1
     start = _IDENTITY[reduce] if identity is None else identity
-    acc = torch.full((n, c, parts, num_superpixels + 1), start, dtype=dtype, device=score.device)
+    acc_shape = (n, parts, num_superpixels + 1, c) if inner else (n, c, parts, num_superpixels + 1)
+    acc = torch.full(acc_shape, start, dtype=dtype, device=score.device)
     need_counts = with_counts or (reduce != "sum" and identity is None)
     counts = torch.zeros(n, parts, num_superpixels + 1, dtype=torch.long, device=score.device) if need_counts else None
     chunk = CPU_CHUNK if scratch <= 1 else max(1, CPU_CHUNK // 2)
     slabs = _slabs(n, pixels, on_cpu, chunk, 1 if parts > 1 else CPU_IMAGES)
     shape = (max((r.stop - r.start for r, _ in slabs), default=0), block,
              max((p.stop - p.start for _, p in slabs), default=0))
-    buffers = [torch.empty(shape, dtype=dtype, device=score.device) for _ in range(max(1, scratch))]
+    buffers = [torch.empty((shape[0], shape[2], shape[1]), dtype=dtype, device=score.device).transpose(1, 2)
+               if inner else torch.empty(shape, dtype=dtype, device=score.device) for _ in range(max(1, scratch))]
     for rows, columns in slabs:
         idx = index[rows, columns]
         split = parts if idx.shape[1] % parts == 0 else 1  # a slab that does not split evenly goes to part 0
@@ -203,8 +210,14 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
                 values = slab if slab.dtype == dtype else views[0].copy_(slab)
             if visit is not None:
                 visit(slab, values)
+            if inner:  # (N', split, P' / split, C) values into (N', split, S + 1, C)
+                src = values.transpose(1, 2).reshape(*idx.shape, c)
+                _scatter_into(acc[rows, :split], idx.unsqueeze(-1).expand_as(src), src, reduce, dim=2)
+                continue
             for k in range(slab.shape[1]):
                 _scatter_into(acc[rows, k0 + k, :split], idx, values[:, k].reshape(idx.shape), reduce)
+    if inner:
+        acc = acc.permute(0, 3, 1, 2)
     out = _combine(acc[..., :num_superpixels], reduce)
     if counts is not None:
         counts = counts[..., :num_superpixels].sum(1)

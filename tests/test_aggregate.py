@@ -121,14 +121,19 @@ def test_inputs_not_modified():
     assert torch.equal(score, s0) and torch.equal(sp, m0)
 
 
+LAYOUTS = {"contiguous": lambda x: x, "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last)}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("chunk", [1, 5, 8, 12, 37])
 @pytest.mark.parametrize("reduce", REDUCTIONS)
-def test_chunked_class_planes_match_reference(reduce, chunk, monkeypatch):
+def test_chunked_class_planes_match_reference(reduce, chunk, layout, monkeypatch):
     """Chunk boundaries (uneven last chunk included) never change the result; runs of 8 and 12 pixels are split into
-    4 rows (partial results), the 2-pixel remainders of the 42-pixel images are not."""
+    4 rows (partial results), the 2-pixel remainders of the 42-pixel images are not. With the classes innermost in
+    memory (channels_last) all classes of a slab are reduced by one scatter."""
     monkeypatch.setattr(sys.modules["oreal.aggregate"], "CPU_CHUNK", chunk)
     score, sp = score_and_map(classes=3, seed=9)
-    out = oreal.aggregate(score, sp, 9, reduce)
+    out = oreal.aggregate(LAYOUTS[layout](score), sp, 9, reduce)
     for c in range(3):
         expected = ref.aggregate(score[:, c].numpy(), sp.numpy(), 9, reduce)
         np.testing.assert_allclose(out[:, :, c].numpy(), expected, atol=1e-12)
@@ -150,19 +155,22 @@ def with_threads(counts, fn):
 @pytest.mark.parametrize("reduce", REDUCTIONS)
 def test_result_bits_do_not_depend_on_the_thread_count(reduce):
     """Two images of 32768 pixels: rows of one image (sums) or a quarter of one (max, min), 65536 values per scatter,
-    which torch's scatter shares among its threads: the same bits with 1 to 4 threads, and the reference's values."""
+    which torch's scatter shares among its threads: the same bits with 1 to 4 threads, in both layouts (channels_last:
+    one scatter of all classes), and the reference's values."""
     score, sp = score_and_map(n=2, h=128, w=256, s=40, seed=10, classes=3)
     score = score.float()
-    outs = with_threads((1, 2, 3, 4), lambda: oreal.aggregate(score, sp, 40, reduce))
+    outs = [out for make in LAYOUTS.values()
+            for out in with_threads((1, 2, 3, 4), lambda: oreal.aggregate(make(score), sp, 40, reduce))]
     assert all(torch.equal(outs[0], out) for out in outs[1:])
     for c in range(3):
         expected = ref.aggregate(score[:, c].double().numpy(), sp.numpy(), 40, reduce)
         np.testing.assert_allclose(outs[0][:, :, c].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("chunk", [None, 64, 1000])
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
-def test_equal_values_in_any_position_give_equal_sums(reduce, chunk, monkeypatch):
+def test_equal_values_in_any_position_give_equal_sums(reduce, chunk, layout, monkeypatch):
     """Superpixels holding the same values in the same order get the same sum to the last bit, wherever they lie and
     in whichever image: sums add in pixel order, not in groups that depend on the position (chunks of 64 pixels cut
     the two images into runs of 32 side by side, chunks of 1000 into runs of 500)."""
@@ -173,5 +181,5 @@ def test_equal_values_in_any_position_give_equal_sums(reduce, chunk, monkeypatch
     # 1 + 3e-8 rounds to 1 in float32 (half an ulp is 6e-8), but 1 + (3e-8 + 3e-8) does not: any grouping shows
     values = torch.tensor([1.0, 3e-8, 3e-8, 3e-8, 3e-8, 3e-8])
     score = values[pos % 6].reshape(1, 1, 8, 64).expand(2, 3, 8, 64).contiguous()
-    out = oreal.aggregate(score, sp, 85, reduce)
+    out = oreal.aggregate(LAYOUTS[layout](score), sp, 85, reduce)
     assert torch.equal(out, out[:1, :1].expand_as(out))

@@ -205,6 +205,14 @@ def test_class_mass_limbs_are_the_float64_integers(dtype, temperature, seed, hol
     assert class_mass(logits, sp_map, temperature).tolist() == want
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 2, 2), (2, 0, 2, 2), (2, 3, 0, 2)])
+def test_class_mass_of_an_empty_pool_is_zero(shape):
+    """No images, no classes or no pixels: zero limbs, one column per class (what adds to other batches' mass)."""
+    logits = torch.zeros(shape)
+    sp_map = torch.zeros(shape[0], *shape[2:], dtype=torch.long)
+    assert class_mass(logits, sp_map, 1.0).tolist() == [[0] * shape[1]] * 2
+
+
 def test_random_is_keyed_and_batch_invariant():
     pool = make_pool(10, 3, 4, 4, 6, seed=2)
     order = torch.randperm(10, generator=torch.Generator().manual_seed(3))

@@ -210,12 +210,13 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
                 values = slab if slab.dtype == dtype else views[0].copy_(slab)
             if visit is not None:
                 visit(slab, values)
+            # one scatter for every class of the slab, each (image, class, part) row reduced in pixel order
             if inner:  # (N', split, P' / split, C) values into (N', split, S + 1, C)
                 src = values.transpose(1, 2).reshape(*idx.shape, c)
                 _scatter_into(acc[rows, :split], idx.unsqueeze(-1).expand_as(src), src, reduce, dim=2)
-                continue
-            for k in range(slab.shape[1]):
-                _scatter_into(acc[rows, k0 + k, :split], idx, values[:, k].reshape(idx.shape), reduce)
+            else:  # (N', C', split, P' / split) values into (N', C', split, S + 1)
+                src = values.reshape(values.shape[0], values.shape[1], *idx.shape[1:])
+                _scatter_into(acc[rows, k0:k0 + block, :split], idx.unsqueeze(1).expand_as(src), src, reduce)
     if inner:
         acc = acc.permute(0, 3, 1, 2)
     out = _combine(acc[..., :num_superpixels], reduce)

@@ -124,6 +124,17 @@ def test_inputs_not_modified():
 LAYOUTS = {"contiguous": lambda x: x, "channels_last": lambda x: x.contiguous(memory_format=torch.channels_last)}
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+def test_channels_last_gives_the_bits_of_contiguous(reduce, dtype):
+    """Classes innermost in memory (one scatter of all classes, buffers in that layout, half inputs upcast there): the
+    same bits as the contiguous layout, empty superpixels and pixels outside superpixels included."""
+    score, sp = score_and_map(n=3, h=9, w=11, classes=5, seed=4)
+    score = score.to(dtype)
+    assert torch.equal(oreal.aggregate(LAYOUTS["channels_last"](score), sp, 9, reduce),
+                       oreal.aggregate(score, sp, 9, reduce))
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("chunk", [1, 5, 8, 12, 37])
 @pytest.mark.parametrize("reduce", REDUCTIONS)

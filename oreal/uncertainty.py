@@ -55,15 +55,16 @@ def _mean(x: Tensor, dim: int) -> Tensor:
     return _sum(x, dim) / x.shape[dim]
 
 
-def _xlogx(t: Tensor, out: Optional[Tensor] = None) -> Tensor:
-    """``t ln t`` elementwise with ``0 ln 0 = 0``, into ``out`` when given (not ``t`` itself).
+def _xlogx(t: Tensor, out: Optional[Tensor] = None, times: Optional[Tensor] = None) -> Tensor:
+    """``t ln t`` elementwise with ``0 ln 0 = 0`` (``times * ln t`` when ``times`` is given, e.g. ``-t``), into
+    ``out`` when given (not ``t`` itself).
 
     ``ln(max(t, tiny))``: no mask and no NaN at 0, and only subnormal ``t`` (below ``1.2e-38`` in float32) are moved,
     by less than ``17 t`` in the product (``ln(2^23) < 16``, plus rounding). Every element goes through the
     same vectorised logarithm, whatever the layout, so equal inputs give equal bits.
     """
     out = torch.clamp_min(t, torch.finfo(t.dtype).tiny, out=out)
-    return out.log_().mul_(t)
+    return out.log_().mul_(t if times is None else times)
 
 
 def _entropy(p: Tensor, dim: int) -> Tensor:
@@ -88,7 +89,7 @@ def _binary_entropy_into(p: Tensor, plogp: Tensor, q: Tensor, qlogq: Tensor) -> 
     """
     m = _distance_from_certain(p, q)
     neg = torch.neg(m, out=qlogq)
-    torch.clamp_min(m, torch.finfo(m.dtype).tiny, out=plogp).log_().mul_(neg)  # -m ln m: _xlogx with the sign
+    _xlogx(m, out=plogp, times=neg)  # -m ln m
     neg.log1p_().mul_(torch.sub(1, m, out=m))  # (1 - m) ln(1 - m); m is now 1 - m
     return plogp.sub_(qlogq)  # -(a + b) as (-a) - b: the same bits, one pass fewer
 

@@ -217,8 +217,9 @@ def class_mass(logits: Tensor, sp_map: Tensor, temperature: float) -> Tensor:
         return torch.zeros(2, 0, dtype=torch.long, device=logits.device)
     pixels = logits.shape[-2] * logits.shape[-1]  # not -1: N may be 0
     q = torch.softmax(logits.to(compute_dtype(logits)).reshape(n, c, pixels) / temperature, dim=1)
-    if not bool((sp_map >= 0).all()):
-        q.mul_((sp_map >= 0).reshape(n, 1, pixels))  # pixels outside every superpixel weigh 0
+    valid = sp_map >= 0
+    if not bool(valid.all()):
+        q.mul_(valid.reshape(n, 1, pixels))  # pixels outside every superpixel weigh 0
     scale = float(1 << MASS_BITS)
     sums = []
     hi = torch.empty_like(q[:, 0])

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_select.py            # N=2, C=19, 512x1024, 576 superpixels per image
     python benchmarks/bench_select.py --small    # a quick run at 1/4 of the size
+    python benchmarks/bench_select.py --channels-last   # also: the same probs stored channels_last against NCHW
 
 Prints:
 - select time / time of one read pass over probs (``probs.amax(dim=1)``), with and without ``validate_args``,
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--chunk", type=int, default=None,
                         help="pixels per chunk of the class-plane reduction (oreal.aggregate.CPU_CHUNK)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also time select on the same probs stored channels_last, against NCHW")
     parser.add_argument("--measure-memory", metavar="POOL", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--superpixels", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,6 +187,17 @@ def main() -> None:
           f"(fresh process; its first op, the read pass, took {read_extra:.1f} MiB)")
     if not same:
         raise SystemExit("select and the reference loop disagree")
+    if args.channels_last:
+        last = probs.contiguous(memory_format=torch.channels_last)
+        for aggregation in ("max", "mean"):
+            def on(x, aggregation=aggregation):
+                return oreal.select(x, sp_map, counts, args.budget, num_superpixels=s, aggregation=aggregation)
+
+            if not all(torch.equal(a, b) for a, b in zip(on(last), on(probs))):
+                raise SystemExit(f"select ({aggregation}) differs between channels_last and NCHW probs")
+            ratio, seconds, _ = paired_ratio(lambda: on(last), lambda: on(probs), args.repeats)
+            print(f"select ({aggregation}) on channels_last probs / on NCHW: {ratio:.2f}x ({1e3 * seconds:.1f} ms), "
+                  f"the same selection")
 
 
 if __name__ == "__main__":

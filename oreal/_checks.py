@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+_WIDE_UNSIGNED = tuple(getattr(torch, f"uint{b}") for b in (16, 32, 64) if hasattr(torch, f"uint{b}"))
 INT64_MAX = torch.iinfo(torch.int64).max
 
 
@@ -35,7 +36,11 @@ def check_float(x: object, name: str, *, min_ndim: int = 0, ndim: Optional[int] 
 def check_int_tensor(x: object, name: str, *, ndim: Optional[int] = None) -> Tensor:
     x = check_tensor(x, name)
     if x.dtype not in _INT_DTYPES:
-        raise TypeError(f"Expected argument `{name}` to have an integer dtype, but got {x.dtype}")
+        hint = ""
+        if x.dtype in _WIDE_UNSIGNED:  # e.g. torch.from_numpy of a 16-bit PNG
+            hint = (f"; torch implements few operations for {x.dtype} (no comparisons, no min/max), so convert it "
+                    f"first, e.g. `{name}.long()`")
+        raise TypeError(f"Expected argument `{name}` to have an integer dtype, but got {x.dtype}{hint}")
     _check_ndim(x, name, ndim=ndim)
     return x
 

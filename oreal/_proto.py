@@ -62,7 +62,10 @@ def grid(features: Tensor) -> Grid:
 
 def check_ignore_index(ignore_index: object, num_classes: int) -> int:
     """``ignore_index`` must be an integer outside the class ids ``[0, C)``."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"Expected argument `ignore_index` to be an integer, but got {type(ignore_index).__name__} "
+                        f"{ignore_index!r}")
+    if 0 <= ignore_index < num_classes:
         raise ValueError(f"Expected argument `ignore_index` to be an integer outside the class ids [0, "
                          f"{num_classes}), but got {ignore_index!r}")
     return ignore_index
@@ -72,8 +75,10 @@ def check_fraction(x: object, name: str, *, allow_none: bool = False) -> Optiona
     """A plain number in ``[0, 1]`` (or None when ``allow_none``)."""
     if x is None and allow_none:
         return None
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-        what = "None or a number" if allow_none else "a number"
+    what = "None or a number" if allow_none else "a number"
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"Expected argument `{name}` to be {what} in [0, 1], but got {type(x).__name__} {x!r}")
+    if not 0.0 <= x <= 1.0:  # NaN fails this too
         raise ValueError(f"Expected argument `{name}` to be {what} in [0, 1], but got {x!r}")
     return float(x)
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from oreal._checks import (
     check_bool_tensor,
     check_float,
+    check_number,
     check_same_device,
     check_tensor,
     compute_dtype,
@@ -149,18 +150,6 @@ class WeakLoss(NamedTuple):
     pp: Tensor
 
 
-def _check_positive(x: object, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 < x < float("inf"):
-        raise ValueError(f"Expected argument `{name}` to be a positive finite number, but got {x!r}")
-    return float(x)
-
-
-def _check_weight(x: object, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x < float("inf"):
-        raise ValueError(f"Expected argument `{name}` to be a finite number >= 0, but got {x!r}")
-    return float(x)
-
-
 def _check_pool(scores: Tensor, name: str, sp_map: Tensor, num_superpixels: int, weak: Tensor,
                 validate_args: bool) -> int:
     """Shapes and devices shared by the loss and stage 2: ``scores (N, C, H, W)``, ``sp_map``, ``weak``."""
@@ -219,8 +208,8 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
         2.4086
     """
     num_superpixels = _check_pool(logits, "logits", sp_map, num_superpixels, weak, validate_args)
-    temperature = _check_positive(temperature, "temperature")
-    weights = [_check_weight(x, name) for x, name in ((ce_weight, "ce_weight"), (mp_weight, "mp_weight"),
+    temperature = check_number(temperature, "temperature", positive=True)
+    weights = [check_number(x, name, positive=False) for x, name in ((ce_weight, "ce_weight"), (mp_weight, "mp_weight"),
                                                        (pp_weight, "pp_weight"))]
     if validate_args:
         validate_finite(logits, "logits")

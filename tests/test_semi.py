@@ -327,6 +327,8 @@ def test_query_undecided_without_backfill_and_when_enough():
         P.query_undecided("entropy", fraction=frac, budget=17, **args)
     with pytest.raises(ValueError, match=r"`min_fraction` to be a number in \[0, 1\]"):
         P.query_undecided("entropy", fraction=frac, budget=1, min_fraction=2, **args)
+    with pytest.raises(TypeError, match=r"`min_fraction` to be a number in \[0, 1\], but got str '0.5'"):
+        P.query_undecided("entropy", fraction=frac, budget=1, min_fraction="0.5", **args)
     with pytest.raises(ValueError, match=r"`fraction` must have shape \(2, 8\) = \(N, S\) to match sp_map"):
         P.query_undecided("entropy", fraction=frac[:, :7], budget=1, **args)
 

@@ -42,6 +42,9 @@ CASES = [
     (dict(sp_map=torch.zeros(N, H, W - 1, dtype=torch.long)), ValueError,
      r"`sp_map` must have shape \(2, 4, 4\) = \(N, H, W\) to match probs, got \(2, 4, 3\)"),
     (dict(sp_map=torch.zeros(N, H, W)), TypeError, r"`sp_map` to have an integer dtype, but got torch.float32"),
+    *[(dict(sp_map=torch.zeros(N, H, W, dtype=getattr(torch, f"uint{b}"))), TypeError,
+       rf"`sp_map` to have an integer dtype, but got torch.uint{b}; .* e.g. `sp_map.long\(\)`")
+      for b in (16, 32, 64) if hasattr(torch, f"uint{b}")],
     (dict(sp_map=torch.zeros(N, H, W, dtype=torch.long, device="meta")), ValueError,
      r"`sp_map` to be on the same device as `probs` \(cpu\), but got meta"),
     (dict(sp_map=sp_with(S)), ValueError, r"superpixel ids in \[0, 4\) or -1, but found 4"),

@@ -349,14 +349,24 @@ def test_bad_inputs_raise_clear_errors():
         W.weak_loss(probs, sp, weak[:, :, :2], 2)
     with pytest.raises(TypeError, match="`weak` to have dtype torch.bool"):
         W.weak_loss(probs, sp, weak.long(), 2)
-    with pytest.raises(ValueError, match="`temperature` to be a positive finite number, but got 0"):
+    with pytest.raises(ValueError, match="`temperature` to be a finite number > 0, but got 0"):
         W.weak_loss(probs, sp, weak, 2, temperature=0)
+    with pytest.raises(TypeError, match="`temperature` to be a number, but got str '1'"):
+        W.weak_loss(probs, sp, weak, 2, temperature="1")
     with pytest.raises(ValueError, match="`pp_weight` to be a finite number >= 0, but got -1"):
         W.weak_loss(probs, sp, weak, 2, pp_weight=-1)
+    with pytest.raises(ValueError, match="`ce_weight` to be a finite number >= 0, but got nan"):
+        W.weak_loss(probs, sp, weak, 2, ce_weight=float("nan"))
+    with pytest.raises(TypeError, match="`mp_weight` to be a number, but got NoneType None"):
+        W.weak_loss(probs, sp, weak, 2, mp_weight=None)
     with pytest.raises(ValueError, match="`logits` to contain only finite values"):
         W.weak_loss(probs.clone().fill_(float("nan")), sp, weak, 2)
     with pytest.raises(ValueError, match=r"`min_share` to be a number in \[0, 1\], but got 1.5"):
         W.weak_labels(sp, sp, 2, 3, min_share=1.5)
+    with pytest.raises(TypeError, match=r"`min_share` to be a number in \[0, 1\], but got str '0.5'"):
+        W.weak_labels(sp, sp, 2, 3, min_share="0.5")
+    with pytest.raises(TypeError, match=r"`ignore_index` to be an integer, but got float 255.0"):
+        W.prototype_pseudo_labels(feats, probs, sp, weak, 2, ignore_index=255.0)
     with pytest.raises(ValueError, match=r"`ignore_index` to be an integer outside the class ids \[0, 3\)"):
         W.prototype_pseudo_labels(feats, probs, sp, weak, 2, ignore_index=1)
     with pytest.raises(ValueError, match=r"`mode` to be one of \['bilinear', 'nearest'\]"):

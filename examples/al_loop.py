@@ -33,6 +33,7 @@ import oreal.weak
 from . import data as data_mod
 from .models import MODELS, build_model, features
 from .oracle import Oracle, partial_labels
+from .stats import percent
 from .superpixels import METHODS, compute_superpixels
 from .train import PixelTarget, TrainConfig, WeakTarget, evaluate, predict_logits, predict_mc, to_tensor_images, train
 
@@ -844,10 +845,6 @@ def _at(entry, i):
     return "" if entry.get("_same_clicks", True) else f" @ {entry['clicks'][i]:g}"
 
 
-def _pct(v):
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
 def format_table(results):
     """Markdown table: one row per strategy, mIoU (mean ± std over seeds, in %) per round, then AuALC."""
     summ = results["summary"]
@@ -894,7 +891,7 @@ def _scheme_tables(results, summ, clicks):
         for s, e in summ.items():
             st2 = e.get("stage2")
             if st2:
-                cells = [f"{_pct(m)} ({_pct(a)})" + _at(e, i) if m is not None else "-"
+                cells = [f"{percent(m)} ({percent(a)})" + _at(e, i) if m is not None else "-"
                          for i, (m, a) in enumerate(zip(st2["miou_mean"], st2["pseudo_acc_mean"]))]
                 au = f"{100 * st2['aualc_mean']:.1f} ± {100 * st2['aualc_std']:.1f}" if "aualc_mean" in st2 else "-"
                 lines.append("| " + " | ".join([s] + cells + [au]) + " |")
@@ -904,7 +901,7 @@ def _scheme_tables(results, summ, clicks):
         for s, e in summ.items():
             p = e.get("pseudo")
             if p:
-                cells = [f"r{i}: {_pct(b)} / {_pct(a)} / {_pct(c)}" for i, (b, a, c) in
+                cells = [f"r{i}: {percent(b)} / {percent(a)} / {percent(c)}" for i, (b, a, c) in
                          enumerate(zip(p["pseudo_acc_before"], p["pseudo_acc_after"], p["pseudo_coverage"]))
                          if b is not None]
                 lines.append(f"- {s}: " + ", ".join(cells))

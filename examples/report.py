@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .stats import percent, stats_markdown
+
 
 def _table(results):
     from .al_loop import format_table
@@ -63,13 +65,9 @@ def weak_table(results):
                 e = e if stage == 1 else e.get("stage2", {})
                 vals.append(e.get("aualc_mean"))
             diff = vals[1] - vals[0] if None not in vals else None
-            cells += [_pct(vals[0]), _pct(vals[1]), "-" if diff is None else f"{100 * diff:+.1f}"]
+            cells += [percent(vals[0]), percent(vals[1]), "-" if diff is None else f"{100 * diff:+.1f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _pct(v):
-    return "-" if v is None else f"{100 * v:.1f}"
 
 
 def at_clicks(results, other):
@@ -142,8 +140,6 @@ def report(results, *others):
         lines.append("")
     cm = class_makeup(results)
     classes = results.get("classes") or [str(i) for i in range(len(next(iter(cm.values()))))]
-    from .stats import stats_markdown
-
     lines += [stats_markdown(results), ""]
     for extra in (weak_table(results), relative_table(results)):
         if extra:
@@ -152,7 +148,7 @@ def report(results, *others):
         lines += [f"Test mIoU % at equal clicks: this run ({_scheme(results)}) / the compared run "
                   f"({_scheme(other)}) interpolated at the same clicks:", ""]
         for name, cells in at_clicks(results, other):
-            lines.append(f"- {name}: " + ", ".join(f"{c:g} clicks {_pct(a)} / {_pct(b)}" for c, a, b in cells))
+            lines.append(f"- {name}: " + ", ".join(f"{c:g} clicks {percent(a)} / {percent(b)}" for c, a, b in cells))
         lines.append("")
     lines += [f"Labeled {_unit(results)} per class after the last round (mean over seeds; {_labels(results)}):", "",
               "| strategy | " + " | ".join(classes) + " | smallest / largest |",

@@ -26,6 +26,11 @@ _T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446
          2.045229642, 2.042272456)
 
 
+def percent(v):
+    """A fraction as a percentage with one decimal (``0.4567`` -> ``"45.7"``), ``"-"`` for None."""
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
 def _as_1d(x, name):
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1 or a.size == 0 or not np.isfinite(a).all():

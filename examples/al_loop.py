@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -646,7 +647,7 @@ class Experiment:
 
         ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started is unsafe
         with ctx.Pool(self.jobs, initializer=_worker_init,
-                      initargs=(self.cfg, str(self.out), self.cache_dir)) as pool:
+                      initargs=(self.cfg, str(self.out), self.cache_dir, os.getpid())) as pool:
             self.bar.begin(f"{self.jobs} workers")
             pending = []
             if self.cfg.full_supervision:
@@ -663,7 +664,20 @@ class Experiment:
 _WORKER: dict = {}
 
 
-def _worker_init(cfg, out, cache_dir):
+def exit_with_parent(parent, poll=1.0):
+    """End this (worker) process within ``poll`` seconds of its parent's death. A pool's parent stops its workers
+    when it exits or is interrupted, but a parent killed outright (``SIGKILL``, the OOM killer) cannot, and its
+    workers would train on, then wait forever for tasks: a daemon thread watches for the parent to change."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_init(cfg, out, cache_dir, parent):
+    exit_with_parent(parent)
     torch.set_num_threads(cfg.threads)
     _WORKER["exp"] = Experiment(cfg, Path(out), progress=False, cache_dir=cache_dir)
 

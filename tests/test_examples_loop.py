@@ -541,6 +541,58 @@ def test_worker_processes_give_the_same_runs_as_one_process(tmp_path):
     assert _labeled_sets(json.loads((tmp_path / "jobs2" / "results.json").read_text())) == _labeled_sets(res[1])
 
 
+_PARENT = """
+import multiprocessing, os, sys, time
+from examples.al_loop import exit_with_parent
+
+
+def init(parent, folder):
+    exit_with_parent(parent, poll=0.1)
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+
+
+if __name__ == "__main__":
+    pool = multiprocessing.get_context("spawn").Pool(2, initializer=init, initargs=(os.getpid(), sys.argv[1]))
+    busy = [pool.apply_async(time.sleep, (300,)) for _ in range(2)]  # workers mid-task, like a training run
+    time.sleep(300)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states from /proc")
+def test_worker_processes_end_when_their_parent_is_killed(tmp_path):
+    script, folder = tmp_path / "parent.py", tmp_path / "pids"
+    script.write_text(_PARENT)
+    folder.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(folder)], env=_env(tmp_path), cwd=tmp_path)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            workers = [int(p.name) for p in folder.iterdir()]
+        assert len(workers) == 2, "the pool did not start"
+        assert all(_alive(w) for w in workers)
+        parent.kill()  # SIGKILL: the pool cannot stop its workers
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers)
+    finally:
+        for pid in [parent.pid] + workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+
+
 @given(h=hst.integers(1, 9), w=hst.integers(1, 9), H=hst.integers(1, 40), W=hst.integers(1, 40),
        seed=hst.integers(0, 2 ** 31 - 1))
 @settings(max_examples=60, deadline=None)

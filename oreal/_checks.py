@@ -153,10 +153,10 @@ class ProbabilityCheck:
         if not piece.numel():
             return
         # NaN or inf anywhere makes the corresponding sum non-finite, so one reduction checks both.
-        low_sum, high_sum = torch.aminmax(piece.sum(dim=self.dim, dtype=torch.float32))
+        low_sum, high_sum = extremes(piece.sum(dim=self.dim, dtype=torch.float32))
         err = torch.maximum(1 - low_sum.double(), high_sum.double() - 1)
         if nearest is None:
-            lo, hi = torch.aminmax(piece)
+            lo, hi = extremes(piece)
             lowest = torch.minimum(lo.double(), 1 - hi.double())
         else:
             lowest = nearest.amin().double()
@@ -170,7 +170,7 @@ class ProbabilityCheck:
         if not math.isfinite(err):
             raise ValueError(f"Expected `{self.name}` to contain only finite values, but found NaN or inf")
         if lowest < 0:
-            lo, hi = torch.aminmax(self.probs)
+            lo, hi = extremes(self.probs)
             raise ValueError(f"Expected `{self.name}` to be probabilities in [0, 1], but got values in "
                              f"[{float(lo):.4g}, {float(hi):.4g}]; pass softmax(logits, dim={self.dim}), not logits")
         tol = sum_tolerance(self.probs.dtype)
@@ -179,12 +179,20 @@ class ProbabilityCheck:
                              f"largest deviation is {err:.4g}; pass softmax(logits, dim={self.dim}), not logits")
 
 
+def extremes(x: Tensor) -> tuple:
+    """``torch.aminmax`` of all of ``x``, reading it in memory order: torch's full ``aminmax`` walks a permuted
+    tensor (e.g. ``channels_last``) in its logical order, 5 to 10 times slower; the min and max do not depend on
+    the order."""
+    order = sorted(range(x.ndim), key=lambda d: -x.stride(d))
+    return torch.aminmax(x.permute(order))
+
+
 def all_finite(x: Tensor) -> bool:
     """No NaN or inf in a real tensor (host sync): one ``aminmax`` pass, which propagates NaN, instead of the
     ``isfinite`` mask (a comparison, an absolute value and a second comparison per value, about 8 read passes)."""
     if not x.is_floating_point() or not x.numel():
         return True
-    return bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
+    return bool(torch.isfinite(torch.stack(extremes(x))).all())
 
 
 def validate_finite(x: Tensor, name: str) -> None:
@@ -208,7 +216,7 @@ def validate_ids(x: Tensor, name: str, low: int, high: int, what: str, extra: Op
         lo_ok = extra
     elif extra == high:
         hi_ok = high + 1
-    lo, hi = torch.aminmax(x)
+    lo, hi = extremes(x)
     if int(lo) >= lo_ok and int(hi) < hi_ok:
         return
     bad = (x < low) | (x >= high)

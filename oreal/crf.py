@@ -47,6 +47,7 @@ from oreal._checks import (
     check_number,
     check_same_device,
     compute_dtype,
+    extremes,
     validate_probabilities,
 )
 
@@ -93,7 +94,7 @@ def check_crf_images(images: object, spatial: tuple, like: Tensor, validate_args
                          f"{tuple(images.shape)}")
     check_same_device(images, "images", like, "probs")
     if validate_args and images.is_floating_point() and images.numel():
-        lo, hi = torch.aminmax(images)
+        lo, hi = extremes(images)
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))) or lo < 0 or hi > 1:
             raise ValueError(f"Expected floating point `images` to hold colours in [0, 1] (integer images are read "
                              f"as 0-255), but got values in [{float(lo):.4g}, {float(hi):.4g}]; divide 0-255 "

@@ -33,6 +33,7 @@ from oreal._checks import (
     check_int_tensor,
     check_same_device,
     check_shape,
+    extremes,
     validate_ids,
     validate_nonnegative,
 )
@@ -241,7 +242,7 @@ def relabel_superpixels(sp_map: Any, *, ignore: Optional[int] = None) -> Tuple[T
         x = torch.where(x == ignore, -1, x)
     if x.numel() == 0:
         return x.clone(), 0
-    lo, hi = (int(v) for v in torch.aminmax(x))
+    lo, hi = (int(v) for v in extremes(x))
     if lo < -1:
         raise ValueError(f"Expected `sp_map` to hold superpixel ids >= 0 or -1 (no superpixel), but found {lo}")
     valid = x >= 0

@@ -27,6 +27,7 @@ from oreal._checks import (
     check_same_device,
     check_shape,
     compute_dtype,
+    extremes,
     validate_finite,
     validate_ids,
     validate_probabilities,
@@ -422,7 +423,7 @@ def query_undecided(name: str, *, fraction: Tensor, min_fraction: float = 0.5, b
                          f"not the superpixels of `fraction`)")
     check_float(fraction, "fraction", ndim=2)
     if query_args.get("validate_args", True) and fraction.numel():
-        lo, hi = torch.aminmax(fraction)
+        lo, hi = extremes(fraction)
         if not (bool(lo >= 0) and bool(hi <= 1)):  # NaN fails both
             raise ValueError(f"Expected `fraction` to hold undecided fractions in [0, 1] (undecided_fraction), but "
                              f"got values in [{float(lo):.4g}, {float(hi):.4g}]")

@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from oreal._checks import check_choice, check_int
+from oreal._checks import check_choice, check_int, extremes
 from oreal.labels import relabel_superpixels
 
 __all__ = ["METHODS", "compute", "compute_one"]
@@ -173,7 +173,7 @@ def _as_numpy_images(images: Any) -> Tuple[Any, Optional[torch.device]]:
         device = images.device
         x = images.detach()
         if x.is_floating_point():
-            lo, hi = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 1.0)  # NaN propagates
+            lo, hi = (float(v) for v in extremes(x)) if x.numel() else (0.0, 1.0)  # NaN propagates
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ValueError("Expected float `images` in [0, 1] (or uint8 in [0, 255]), but got NaN or "
                                  "infinite values")

@@ -150,3 +150,26 @@ def test_all_finite_finds_nan_and_inf_anywhere(size, bad, dtype, seed):
         x[int(torch.randint(0, size, (1,), generator=g))] = bad
     assert all_finite(x) == bool(torch.isfinite(x).all())
     assert all_finite(x.reshape(1, size, 1).expand(2, size, 3)) == bool(torch.isfinite(x).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=0, max_size=4), seed=st.integers(0, 2 ** 31 - 1),
+       nan=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float16, torch.int64]))
+def test_extremes_is_aminmax_in_any_layout(shape, seed, nan, dtype):
+    """The min and max of every value, whatever the strides (permuted, sliced, expanded); NaN propagates."""
+    from oreal._checks import extremes
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(*shape, 3, generator=g) * 100).to(dtype)
+    if nan and dtype.is_floating_point:
+        base.view(-1)[int(torch.randint(base.numel(), (1,), generator=g))] = float("nan")
+    views = [base, base.flip(-1)[..., :2], base.unsqueeze(0).expand(2, *base.shape)]
+    if base.ndim >= 2:
+        perm = torch.randperm(base.ndim, generator=g).tolist()
+        views += [base.permute(perm), base.transpose(0, -1)[..., ::2]]
+    for v in views:
+        flat = v.contiguous().flatten().double()  # the reference: Python's min and max over the values
+        lo, hi = extremes(v)
+        if flat.isnan().any():
+            assert lo.isnan() and hi.isnan()
+        else:
+            assert float(lo) == min(flat.tolist()) and float(hi) == max(flat.tolist())

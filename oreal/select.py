@@ -155,8 +155,8 @@ def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, ca
     ``debt[c]`` highest ``scores[:, c]`` among candidates not taken by an earlier class; score ties go to the
     lower index. No candidate is taken twice. Picks come out in visit order, each class's by descending score.
 
-    The loop runs over the ``C`` classes (two stable sorts of ``G`` scores each), never over the budget, and
-    syncs with the host once, for the number of picks.
+    The loop runs over the classes with a positive debt (two stable sorts of ``G`` scores each), never over the
+    budget, and syncs with the host once, for the debts and the visiting order.
 
     Args:
         scores (Tensor[G, C]): per-class score of each global superpixel.
@@ -191,17 +191,20 @@ def greedy_per_class(scores: Tensor, debt: Tensor, labeled_counts: Tensor, *, ca
     taker = torch.full((num_g,), -1, dtype=torch.long, device=dev)
     ranks = torch.arange(num_g, device=dev)
     visit = labeled_counts.long().sort(stable=True).indices
-    for position in range(num_classes):
-        c = visit[position]
+    # one host sync for the debts and the visiting order; a class without debt takes nothing and is skipped
+    debts, visit = torch.stack([debt.long(), visit]).tolist()
+    for position, c in enumerate(visit):
+        if debts[c] <= 0:
+            continue
         perm = _ranking(scores[:, c], available)
-        # Available entries come first in perm, so rank < debt[c] takes only available ones (if enough remain).
-        chosen_sorted = (ranks < debt[c]) & available[perm]
+        # Available entries come first in perm, so rank < debts[c] takes only available ones (if enough remain).
+        chosen_sorted = (ranks < debts[c]) & available[perm]
         chosen = torch.zeros_like(available).scatter_(0, perm, chosen_sorted)
         rank_of = torch.empty_like(ranks).scatter_(0, perm, ranks)
         key = torch.where(chosen, position * num_g + rank_of, key)
         taker = torch.where(chosen, c, taker)
         available &= ~chosen
-    take = _available_count(candidates, int(check_int(debt.sum(), "debt.sum()")), allow_partial)
+    take = _available_count(candidates, check_int(sum(debts), "debt.sum()"), allow_partial)
     index = key.sort(stable=True).indices[:take]
     cls = taker[index]
     return index, cls, scores[index, cls]

@@ -61,6 +61,21 @@ def test_greedy_matches_reference_with_ties(g, c, seed, data):
 
 
 @settings(max_examples=60, deadline=None)
+@given(g=st.integers(1, 30), c=st.integers(1, 5), seed=st.integers(0, 10_000), data=st.data())
+def test_greedy_matches_reference_for_any_debts(g, c, seed, data):
+    # debts not from water filling: zeros anywhere (those classes are skipped), and with allow_partial more
+    # debt than there are candidates, so later classes in the visiting order find fewer or none left
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 3, (g, c), generator=gen).double()
+    cand = torch.rand(g, generator=gen) < 0.8
+    counts = torch.randint(0, 4, (c,), generator=gen)
+    debt = torch.tensor(data.draw(st.lists(st.integers(0, g + 1), min_size=c, max_size=c)))
+    index, cls, score = oreal.greedy_per_class(scores, debt, counts, candidates=cand, allow_partial=True)
+    expected = ref.greedy(scores.numpy(), debt.tolist(), counts.tolist(), cand.numpy())
+    assert list(zip(index.tolist(), cls.tolist(), score.tolist())) == [(a, b, float(s)) for a, b, s in expected]
+
+
+@settings(max_examples=60, deadline=None)
 @given(g=st.integers(1, 40), seed=st.integers(0, 10_000), data=st.data())
 def test_topk_matches_sorted_reference(g, seed, data):
     gen = torch.Generator().manual_seed(seed)

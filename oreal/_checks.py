@@ -22,6 +22,9 @@ INT64_MAX = torch.iinfo(torch.int64).max
 def check_tensor(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"Expected argument `{name}` to be a torch.Tensor, but got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"Expected argument `{name}` to be a dense (strided) tensor, but got layout {x.layout}; "
+                        f"convert it with `{name}.to_dense()`")
     return x
 
 
@@ -30,6 +33,24 @@ def check_float(x: object, name: str, *, min_ndim: int = 0, ndim: Optional[int] 
     if not x.is_floating_point():
         raise TypeError(f"Expected argument `{name}` to have a floating point dtype, but got {x.dtype}")
     _check_ndim(x, name, min_ndim=min_ndim, ndim=ndim)
+    return x
+
+
+def check_images(x: object, spatial: Sequence[int], ref: Tensor, ref_name: str) -> Tensor:
+    """``images``: a dense ``Tensor[N, channels, H, W]`` (at least one channel) or ``Tensor[N, H, W]`` of a real
+    numeric dtype, whose N, H, W are ``spatial`` (those of ``ref``), on ``ref``'s device."""
+    if not isinstance(x, Tensor) or x.ndim not in (3, 4) or (x.ndim == 4 and not x.shape[1]):
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"Expected `images` to be a Tensor[N, channels, H, W] with at least one channel or "
+                         f"Tensor[N, H, W], but got {shape}")
+    check_tensor(x, "images")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"Expected `images` to have a real numeric dtype, but got {x.dtype}")
+    got = (x.shape[0],) + tuple(x.shape[-2:])
+    if got != tuple(spatial):
+        raise ValueError(f"`images` must have N, H, W = {tuple(spatial)} to match {ref_name}, got shape "
+                         f"{tuple(x.shape)}")
+    check_same_device(x, "images", ref, ref_name)
     return x
 
 

@@ -178,7 +178,7 @@ def per_class(score: Tensor, index: Tensor, num_superpixels: int, reduce: str, i
     on_cpu = score.device.type == "cpu"
     if visit is not None and not on_cpu:
         raise ValueError("per_class: `visit` needs whole-class slabs, which only the CPU path uses")
-    block = c if on_cpu else 1
+    block = max(c, 1) if on_cpu else 1
     # classes innermost in memory (channels_last): slabs, buffers and accumulators keep that layout, and one scatter
     # along the pixels reduces all classes, without transposing the input; its classes are what the threads share
     inner = on_cpu and c > 1 and flat.stride(1) == 1

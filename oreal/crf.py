@@ -43,9 +43,9 @@ from torch import Tensor
 
 from oreal._checks import (
     check_float,
+    check_images,
     check_int,
     check_number,
-    check_same_device,
     compute_dtype,
     extremes,
     validate_probabilities,
@@ -83,16 +83,7 @@ def check_crf_options(iterations: object, window: object, blur: object, spatial_
 
 def check_crf_images(images: object, spatial: tuple, like: Tensor, validate_args: bool) -> Tensor:
     """``images`` fit ``probs`` (N, H, W, device); with ``validate_args``, floating point colours lie in [0, 1]."""
-    if not isinstance(images, Tensor) or images.ndim not in (3, 4):
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"Expected `images` to be a Tensor[N, channels, H, W] or Tensor[N, H, W], but got {shape}")
-    if images.dtype == torch.bool or images.is_complex():
-        raise TypeError(f"Expected `images` to have a real numeric dtype, but got {images.dtype}")
-    got = (images.shape[0],) + tuple(images.shape[-2:])
-    if got != tuple(spatial):
-        raise ValueError(f"`images` must have N, H, W = {tuple(spatial)} to match probs, got shape "
-                         f"{tuple(images.shape)}")
-    check_same_device(images, "images", like, "probs")
+    images = check_images(images, spatial, like, "probs")
     if validate_args and images.is_floating_point() and images.numel():
         lo, hi = extremes(images)
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))) or lo < 0 or hi > 1:

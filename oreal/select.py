@@ -327,6 +327,9 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
     """
     check_float(probs, "probs", ndim=4)
     n, num_classes = probs.shape[:2]
+    if not num_classes:
+        raise ValueError(f"Expected `probs` to have at least one class (C >= 1 in dim 1), but got shape "
+                         f"{tuple(probs.shape)}")
     check_int_tensor(labeled_counts, "labeled_counts", ndim=1)
     check_shape(labeled_counts, "labeled_counts", (num_classes,), "= (C,) to match probs")
     check_same_device(labeled_counts, "labeled_counts", probs, "probs")
@@ -340,7 +343,7 @@ def select(probs: Tensor, sp_map: Tensor, labeled_counts: Tensor, budget: int, *
         check_bool_tensor(exclude, "exclude", (n, num_superpixels))
         check_same_device(exclude, "exclude", sp_map, "sp_map")
     check_real(probs, "probs")
-    if probs.numel() == 0 and num_classes > 0:  # an empty pool (N = 0 or H * W = 0) has no candidates
+    if probs.numel() == 0:  # an empty pool (N = 0 or H * W = 0) has no candidates
         if validate_args:
             validate_probabilities(probs)
         class_debt(labeled_counts, budget, class_mask=class_mask, validate_args=validate_args)

@@ -32,6 +32,7 @@ from torch import Tensor
 from oreal._checks import (
     check_bool_tensor,
     check_float,
+    check_images,
     check_int,
     check_int_tensor,
     check_number,
@@ -827,18 +828,14 @@ def check_pool_input(x: Tensor, name: str, spatial: tuple, sp_map: Tensor, strat
     device, it has the classes (or MC samples) ``strategy`` needs, and, with ``validate_args``, valid values
     (host sync). Shared by :func:`query` and :class:`oreal.stream.StreamingSelector`."""
     if name == "images":
-        if not isinstance(x, Tensor) or x.ndim not in (3, 4):
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"Expected `images` to be a Tensor[N, channels, H, W] or Tensor[N, H, W], but got "
-                             f"{shape}")
-        if x.dtype == torch.bool:
-            raise TypeError("Expected `images` to have a numeric dtype, but got torch.bool")
+        check_images(x, spatial, sp_map, "sp_map")
     else:
         check_float(x, name, ndim=5 if name == "mc_probs" else 4)
-    got = (x.shape[0],) + tuple(x.shape[-2:])
-    if got != tuple(spatial):
-        raise ValueError(f"`{name}` must have N, H, W = {tuple(spatial)} to match sp_map, got shape {tuple(x.shape)}")
-    check_same_device(x, name, sp_map, "sp_map")
+        got = (x.shape[0],) + tuple(x.shape[-2:])
+        if got != tuple(spatial):
+            raise ValueError(f"`{name}` must have N, H, W = {tuple(spatial)} to match sp_map, got shape "
+                             f"{tuple(x.shape)}")
+        check_same_device(x, name, sp_map, "sp_map")
     spec = _lookup(strategy)
     if name in ("probs", "logits") and x.shape[1] < spec.min_classes:
         raise ValueError(f"Strategy {strategy!r} needs at least {spec.min_classes} classes, but `{name}` has shape "

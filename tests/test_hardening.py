@@ -391,6 +391,19 @@ def test_aggregate_of_an_empty_pool():
     assert out.shape == (0, 3)
 
 
+@pytest.mark.parametrize("aggregation", ["max", "mean"])
+def test_no_classes(aggregation):
+    """C = 0: the per-class reductions give an empty class column; OREAL, which balances classes, refuses it."""
+    probs, sp = torch.zeros(2, 0, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long)
+    assert oreal.superpixel_ovr_entropy(probs, sp, 3, aggregation).shape == (2, 3, 0)
+    assert oreal.aggregate(probs, sp, 3, aggregation).shape == (2, 3, 0)
+    for budget in (0, 1):
+        with pytest.raises(ValueError, match=r"`probs` to have at least one class \(C >= 1 in dim 1\), but got "
+                                             r"shape \(2, 0, 4, 4\)"):
+            oreal.select(probs, sp, torch.zeros(0, dtype=torch.long), budget, num_superpixels=3,
+                         aggregation=aggregation)
+
+
 @pytest.mark.parametrize("args, err, match", [
     ((["0", "10"], [0.1, 0.2], 0.5), TypeError, r"`budgets` to hold real numbers, but got str '0'"),
     (([0, 10], [0.1, None], 0.5), TypeError, r"`mious` to hold real numbers, but got NoneType"),

@@ -170,6 +170,7 @@ class ProbabilityCheck:
         self.probs, self.name, self.dim = probs, name, dim
         self.parts: list = []
 
+    @torch.no_grad()  # statistics read on the host: no graph (nor the warning on its scalars) for inputs with grad
     def __call__(self, piece: Tensor, nearest: Optional[Tensor] = None) -> None:
         if not piece.numel():
             return
@@ -183,6 +184,7 @@ class ProbabilityCheck:
             lowest = nearest.amin().double()
         self.parts.append(torch.stack([err, lowest]))
 
+    @torch.no_grad()
     def raise_if_invalid(self) -> None:
         if not self.parts:
             return

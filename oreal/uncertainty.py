@@ -64,6 +64,8 @@ def _xlogx(t: Tensor, out: Optional[Tensor] = None, times: Optional[Tensor] = No
     same vectorised logarithm, whatever the layout, so equal inputs give equal bits.
     """
     out = torch.clamp_min(t, torch.finfo(t.dtype).tiny, out=out)
+    if _tracks_grad(out):
+        return out.log() * (t if times is None else times)
     return out.log_().mul_(t if times is None else times)
 
 
@@ -106,8 +108,18 @@ def binary_entropy(p: Tensor) -> Tensor:
         tensor([0.0000, 0.6931, 0.0000])
     """
     p = check_float(p, "p")
+    if _tracks_grad(p):  # the same operations without out= or in-place, which autograd cannot follow
+        p = p.to(compute_dtype(p))
+        m = torch.minimum(p, 1 - p)
+        neg = -m
+        return _xlogx(m, times=neg) - torch.log1p(neg) * (1 - m)
     out = torch.empty(p.shape, dtype=compute_dtype(p), device=p.device)
     return _binary_entropy_into(p, out, torch.empty_like(out), torch.empty_like(out))
+
+
+def _tracks_grad(x: Tensor) -> bool:
+    """Whether autograd records operations on ``x``: the scores then avoid ``out=`` and in-place buffers."""
+    return x.requires_grad and torch.is_grad_enabled()
 
 
 def entropy(probs: Tensor, *, validate_args: bool = True) -> Tensor:
@@ -151,11 +163,15 @@ def _top2(x: Tensor, labels: Optional[Tensor] = None):
         take = torch.empty_like(first, dtype=kind)
         label = torch.empty_like(first, dtype=kind).copy_(values[0])
         label.lerp_(values[1], torch.gt(b, a, out=take))
+    track = _tracks_grad(x)  # then without out=, which autograd cannot follow (the same values)
     low = torch.empty_like(first)
     for c in range(2, x.shape[1]):
         v = x.select(1, c)
         if labels is not None:  # strictly larger: the first maximum keeps its label
             label.lerp_(values[c], torch.gt(v, first, out=take))
+        if track:
+            first, second = torch.maximum(first, v), torch.maximum(second, torch.minimum(first, v))
+            continue
         torch.maximum(second, torch.minimum(first, v, out=low), out=second)
         torch.maximum(first, v, out=first)
     if labels is None:

@@ -186,3 +186,35 @@ def test_binary_entropy_is_symmetric_to_the_last_bit(p, dtype):
     and ``h`` of the pixel nearest to 0.5 are the same number."""
     x = torch.tensor([p], dtype=dtype)
     assert torch.equal(oreal.binary_entropy(x), oreal.binary_entropy(1 - x))
+
+
+def _naive_scores(p):
+    """The pixel scores written plainly, for autograd to differentiate (float64, no exact 0 or 1 in ``p``)."""
+    top = p.topk(2, dim=1).values
+    return {oreal.entropy: -(p * p.log()).sum(1), oreal.bvsb: top[:, 1] / top[:, 0],
+            oreal.margin: 1 - (top[:, 0] - top[:, 1]),
+            oreal.ovr_entropy: -(p * p.log() + (1 - p) * (1 - p).log()),
+            oreal.binary_entropy: -(p * p.log() + (1 - p) * (1 - p).log())}
+
+
+@pytest.mark.filterwarnings("error")  # nor a warning from the validation's host reads
+@pytest.mark.parametrize("fn", [oreal.entropy, oreal.bvsb, oreal.margin, oreal.ovr_entropy, oreal.binary_entropy])
+def test_pixel_scores_are_differentiable(fn):
+    """Probabilities that require grad (a model's softmax in a training step): the same values as without grad, and
+    the gradient of the plain formula."""
+    z = torch.randn(2, 5, 3, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64, requires_grad=True)
+    p = z.softmax(1)
+    out = fn(p)
+    assert out.requires_grad and torch.equal(out.detach(), fn(p.detach()))
+    weights = torch.rand(out.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    got, = torch.autograd.grad((out * weights).sum(), z, retain_graph=True)  # p is differentiated again below
+    want, = torch.autograd.grad((_naive_scores(p)[fn] * weights).sum(), z)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [oreal.bald, oreal.balent])
+def test_mc_scores_keep_a_graph(fn):
+    mc = mc_samples().requires_grad_()
+    out = fn(mc)
+    assert out.requires_grad and torch.equal(out.detach(), fn(mc.detach()))
+    assert torch.isfinite(torch.autograd.grad(out.sum(), mc)[0]).all()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from oreal import strategies as _strategies
 from oreal._checks import check_bool_tensor, check_int, check_int_tensor, check_tensor, compute_dtype
 from oreal.select import Selection
+from oreal.stream import StreamingSelector
 
 __all__ = ["score_pool"]
 
@@ -49,7 +50,7 @@ def _unpack(batch: Any) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     check_int_tensor(sp_map, "batch sp_map", ndim=3)
     index = torch.as_tensor(index)
     check_int_tensor(index, "batch index", ndim=1)
-    return image, sp_map, index, colours
+    return image, sp_map, index.long(), colours  # int64: uint8 would index `exclude` as a mask, int16 not at all
 
 
 def _logits(model: nn.Module, image: Tensor, forward: Optional[Callable[[nn.Module, Tensor], Tensor]],
@@ -151,6 +152,9 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}")
+    if not isinstance(selector, StreamingSelector):
+        raise TypeError(f"Expected argument `selector` to be an oreal.stream.StreamingSelector, but got "
+                        f"{type(selector).__name__}")
     strategy = selector.strategy
     needs = set(_strategies.requirements(strategy)["inputs"])
     mc = "mc_probs" in needs

@@ -943,15 +943,21 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
     num_superpixels = check_sp_map(sp_map, num_superpixels, validate_args=validate_args)
     budget = check_int(budget, "budget", minimum=0)
     n, h, w = sp_map.shape
-    num_classes = None
+    num_classes, first = None, None
     for key in ("probs", "logits", "mc_probs", "images"):
         if key in use:
             check_pool_input(given[key], key, (n, h, w), sp_map, name, validate_args)
-            if key in ("probs", "logits"):
-                num_classes = given[key].shape[1]
+            if key == "images":
+                continue
+            c = given[key].shape[2 if key == "mc_probs" else 1]
+            if num_classes is not None and c != num_classes:
+                raise ValueError(f"`{key}` has {c} classes (shape {tuple(given[key].shape)}) but `{first}` has "
+                                 f"{num_classes}; every input of one pool has the same classes")
+            num_classes, first = c, key
     if "labeled_counts" in use:
         check_int_tensor(labeled_counts, "labeled_counts", ndim=1)
-        check_shape(labeled_counts, "labeled_counts", (num_classes,), "= (C,) to match the class dimension")
+        if num_classes is not None:  # a registered strategy may read labeled_counts alone
+            check_shape(labeled_counts, "labeled_counts", (num_classes,), "= (C,) to match the class dimension")
         check_same_device(labeled_counts, "labeled_counts", sp_map, "sp_map")
         if validate_args:
             validate_nonnegative(labeled_counts, "labeled_counts")

@@ -198,3 +198,16 @@ def test_errors():
         score_pool(model, loader, selector_for("entropy"), exclude=labeled[:3])
     with pytest.raises(TypeError, match="torch.nn.Module"):
         score_pool(lambda x: x, loader, selector_for("entropy"))
+    with pytest.raises(TypeError, match="`selector` to be an oreal.stream.StreamingSelector, but got str"):
+        score_pool(model, loader, "oreal")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32])
+def test_any_integer_index_dtype(dtype):
+    """Batch indices of any integer dtype pick the rows of `exclude` (uint8 is not read as a mask)."""
+    images, sp, labeled = pool_data()
+    model = make_model()
+    batches = [(images[i:i + 4], sp[i:i + 4], torch.arange(i, min(i + 4, N), dtype=dtype)) for i in (8, 0, 4)]
+    got = score_pool(model, batches, selector_for("oreal"), exclude=labeled)
+    want = score_pool(model, DataLoader(Pool(images, sp), batch_size=4), selector_for("oreal"), exclude=labeled)
+    assert equal(got, want) and not labeled[got.image, got.superpixel].any()

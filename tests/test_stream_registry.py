@@ -368,3 +368,37 @@ def test_declared_minimum_classes_are_checked_by_query_and_stream():
                                 num_superpixels=1, budget=1).image.numel() == 1
     finally:
         strategies.unregister("toy_two_classes")
+
+
+def _mc_class(pool, aggregation):
+    """Per-class scores from the MC mean: the classes come from `mc_probs` alone."""
+    scores = oreal.superpixel_ovr_entropy(pool.mc_probs.mean(1), pool.sp_map, pool.num_superpixels, aggregation)
+    index, cls, value = oreal.greedy_per_class(scores.reshape(-1, scores.shape[-1]),
+                                               oreal.class_debt(pool.labeled_counts, pool.budget),
+                                               pool.labeled_counts, candidates=pool.candidates())
+    s = pool.num_superpixels
+    return oreal.Selection(index // s, index % s, cls, value)
+
+
+def test_classes_come_from_any_class_input():
+    """`labeled_counts` is checked against the classes of whichever input a strategy reads (here `mc_probs`, whose
+    classes are dim 2), and inputs with different class counts are refused."""
+    mc = torch.randn(2, 3, 4, 3, 3, generator=torch.Generator().manual_seed(0)).softmax(2)
+    sp = torch.arange(9).reshape(3, 3).expand(2, 3, 3) % 2
+    strategies.register("toy_mc_class", _mc_class, summary="classes from mc_probs",
+                        requires=("mc_probs", "labeled_counts"), aggregations=("max",))
+    strategies.register("toy_both", _top, summary="reads probs and logits", requires=("probs", "logits"))
+    try:
+        counts = torch.tensor([3, 0, 1, 2])
+        sel = strategies.query("toy_mc_class", mc_probs=mc, sp_map=sp, num_superpixels=2, budget=2,
+                               labeled_counts=counts)
+        assert sel.cls.tolist() == [1, 1]  # the rarest class takes the whole debt
+        with pytest.raises(ValueError, match=r"`labeled_counts` must have shape \(4,\) = \(C,\)"):
+            strategies.query("toy_mc_class", mc_probs=mc, sp_map=sp, num_superpixels=2, budget=2,
+                             labeled_counts=counts[:3])
+        with pytest.raises(ValueError, match=r"`logits` has 5 classes \(shape \(2, 5, 3, 3\)\) but `probs` has 4"):
+            strategies.query("toy_both", probs=mc[:, 0], logits=torch.zeros(2, 5, 3, 3), sp_map=sp,
+                             num_superpixels=2, budget=2)
+    finally:
+        strategies.unregister("toy_mc_class")
+        strategies.unregister("toy_both")

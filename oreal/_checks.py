@@ -125,6 +125,18 @@ def check_int(x: object, name: str, *, minimum: int = 0) -> int:
     return int(x)
 
 
+def check_ignore_index(ignore_index: object, num_classes: int) -> int:
+    """``ignore_index`` must be an integer (int64) outside the class ids ``[0, C)``: inside, it would silently drop
+    a class."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"Expected argument `ignore_index` to be an integer, but got {type(ignore_index).__name__} "
+                        f"{ignore_index!r}")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(f"Expected argument `ignore_index` to be an integer outside the class ids [0, "
+                         f"{num_classes}), but got {ignore_index!r}")
+    return check_int(ignore_index, "ignore_index", minimum=-INT64_MAX - 1)
+
+
 def check_number(x: object, name: str, *, positive: bool, kind: str = "argument", none_ok: bool = False) -> float:
     """A plain finite number, ``> 0`` (``positive``) or ``>= 0``; ``TypeError`` for anything that is not a number.
     ``kind`` names what is checked in the message (``"argument"`` or ``"option"``); ``none_ok`` only rewords the

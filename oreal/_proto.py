@@ -60,17 +60,6 @@ def grid(features: Tensor) -> Grid:
     return Grid(table, h, w)
 
 
-def check_ignore_index(ignore_index: object, num_classes: int) -> int:
-    """``ignore_index`` must be an integer outside the class ids ``[0, C)``."""
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"Expected argument `ignore_index` to be an integer, but got {type(ignore_index).__name__} "
-                        f"{ignore_index!r}")
-    if 0 <= ignore_index < num_classes:
-        raise ValueError(f"Expected argument `ignore_index` to be an integer outside the class ids [0, "
-                         f"{num_classes}), but got {ignore_index!r}")
-    return ignore_index
-
-
 def check_fraction(x: object, name: str, *, allow_none: bool = False) -> Optional[float]:
     """A plain number in ``[0, 1]`` (or None when ``allow_none``)."""
     if x is None and allow_none:

@@ -24,6 +24,7 @@ from oreal._checks import (
     all_finite,
     check_choice,
     check_float,
+    check_ignore_index,
     check_int,
     check_int_tensor,
     check_same_device,
@@ -338,7 +339,7 @@ def superpixel_label_counts(labels: Tensor, sp_map: Tensor, num_superpixels: int
         sp_map (Tensor[N, H, W]): integer superpixel ids in ``[0, S)`` or ``-1``.
         num_superpixels: ``S``.
         num_classes: ``C``.
-        ignore_index: label value that is not counted.
+        ignore_index: label value that is not counted (an integer outside ``[0, C)``).
         validate_args: check ids and labels are in range (host sync).
 
     Returns:
@@ -352,6 +353,7 @@ def superpixel_label_counts(labels: Tensor, sp_map: Tensor, num_superpixels: int
     """
     check_int_tensor(labels, "labels", ndim=3)
     num_classes = check_int(num_classes, "num_classes", minimum=1)
+    ignore_index = check_ignore_index(ignore_index, num_classes)
     num_superpixels = check_sp_map(sp_map, num_superpixels, shape=tuple(labels.shape), like=labels,
                                    like_name="labels", validate_args=validate_args)
     if validate_args:
@@ -378,7 +380,7 @@ def dominant_labels(labels: Tensor, sp_map: Tensor, num_superpixels: int, num_cl
         sp_map (Tensor[N, H, W]): integer superpixel ids in ``[0, S)`` or ``-1``.
         num_superpixels: ``S``.
         num_classes: ``C``.
-        ignore_index: label value that does not vote.
+        ignore_index: label value that does not vote (an integer outside ``[0, C)``).
         validate_args: check ids and labels are in range (host sync).
 
     Returns:

@@ -8,9 +8,21 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from oreal._checks import all_finite, check_int, check_int_tensor, check_same_device, check_shape, validate_ids
+from oreal._checks import (
+    all_finite,
+    check_ignore_index,
+    check_int,
+    check_int_tensor,
+    check_same_device,
+    check_shape,
+    validate_ids,
+    validate_nonnegative,
+)
 
 __all__ = ["confusion_matrix", "miou", "miou_from_confusion", "aualc"]
+
+# the largest C whose C * C + 1 bins (the spill bin included) have int64 indices
+_MAX_CLASSES = 3037000499
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 255,
@@ -23,7 +35,7 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_i
         pred (Tensor[*]): integer predicted classes in ``[0, C)``.
         target (Tensor[*]): integer true classes in ``[0, C)`` or ``ignore_index``; same shape as ``pred``.
         num_classes: ``C``.
-        ignore_index: target value to skip.
+        ignore_index: target value to skip (an integer outside ``[0, C)``).
         validate_args: check value ranges (host sync).
 
     Returns:
@@ -39,6 +51,10 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_i
     check_shape(pred, "pred", tuple(target.shape), "to match target")
     check_same_device(pred, "pred", target, "target")
     num_classes = check_int(num_classes, "num_classes", minimum=1)
+    if num_classes > _MAX_CLASSES:
+        raise ValueError(f"Expected argument `num_classes` to be at most {_MAX_CLASSES} (its C * C bins are "
+                         f"counted in int64), but got {num_classes}")
+    ignore_index = check_ignore_index(ignore_index, num_classes)
     if validate_args:
         validate_ids(pred, "pred", 0, num_classes, "class ids")
         validate_ids(target, "target", 0, num_classes, "class ids", extra=ignore_index)
@@ -52,13 +68,14 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_i
     return out[:spill].reshape(num_classes, num_classes)
 
 
-def miou_from_confusion(confusion: Tensor, *, per_class: bool = False) -> Tensor:
+def miou_from_confusion(confusion: Tensor, *, per_class: bool = False, validate_args: bool = True) -> Tensor:
     """Mean intersection over union from a confusion matrix; classes absent from both prediction and truth
     (IoU 0/0) are left out of the mean.
 
     Args:
         confusion (Tensor[C, C]): rows = target, columns = prediction.
         per_class: return the ``C`` IoUs (NaN for absent classes) instead of their mean.
+        validate_args: check that the counts are non-negative (host sync).
 
     Returns:
         Tensor (scalar, float64), or Tensor[C] with ``per_class=True``. NaN when no class is present.
@@ -69,6 +86,8 @@ def miou_from_confusion(confusion: Tensor, *, per_class: bool = False) -> Tensor
     """
     check_int_tensor(confusion, "confusion", ndim=2)
     check_shape(confusion, "confusion", (confusion.shape[0],) * 2, "(a square C x C matrix)")
+    if validate_args:
+        validate_nonnegative(confusion, "confusion")
     cm = confusion.double()
     tp = cm.diagonal()
     union = cm.sum(0) + cm.sum(1) - tp
@@ -95,7 +114,7 @@ def miou(pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 
         tensor(0.5000, dtype=torch.float64)
     """
     return miou_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index=ignore_index,
-                                                validate_args=validate_args))
+                                                validate_args=validate_args), validate_args=False)  # counts
 
 
 def _real_vector(x: object, name: str) -> Tensor:

@@ -22,6 +22,7 @@ from torch import Tensor
 from oreal._checks import (
     check_bool_tensor,
     check_float,
+    check_ignore_index,
     check_int,
     check_int_tensor,
     check_same_device,
@@ -38,7 +39,6 @@ from oreal._proto import (
     blocks,
     check_features,
     check_fraction,
-    check_ignore_index,
     grid,
     pixel_features,
 )

@@ -428,7 +428,8 @@ class StreamingSelector:
         return ids
 
     def _check_consistent(self, sp_map: Tensor, given: Dict[str, Optional[Tensor]], h: int, w: int) -> None:
-        """Same device, dtype, classes (and H, W for a pixel-level strategy) as the batches before."""
+        """Same device, dtype, classes (and H, W for a pixel-level strategy) as the batches before; the first batch
+        with pixels sets them."""
         main = next((given[x] for x in ("probs", "logits", "mc_probs") if x in self.inputs), None)
         device = sp_map.device
         dtype = self.spec.dtype if main is None else compute_dtype(main)
@@ -439,6 +440,8 @@ class StreamingSelector:
             what = "labeled_counts" if self.labeled_counts is not None else "the earlier batches"
             raise ValueError(f"Expected {self.num_classes} classes (from {what}), but this batch has {classes} "
                              f"(shape {tuple(main.shape)})")
+        if not sp_map.numel():  # no pixels to score: the batch sets neither device, dtype, classes nor H, W
+            return
         if self.labeled_counts is not None and self.labeled_counts.device != device:
             self.labeled_counts = self.labeled_counts.to(device)
             mask = self.options.get("class_mask")

@@ -24,6 +24,7 @@ from torch import Tensor
 from oreal._checks import (
     check_bool_tensor,
     check_float,
+    check_ignore_index,
     check_number,
     check_same_device,
     check_tensor,
@@ -31,7 +32,7 @@ from oreal._checks import (
     validate_finite,
     validate_probabilities,
 )
-from oreal._proto import BLOCK_SIZE, blocks, check_features, check_fraction, check_ignore_index, grid, pixel_features
+from oreal._proto import BLOCK_SIZE, blocks, check_features, check_fraction, grid, pixel_features
 from oreal.aggregate import check_sp_map, count_rows, flat_index, scatter_rows, superpixel_label_counts
 
 __all__ = ["WeakLoss", "weak_labels", "clicks", "presence_counts", "weak_loss", "prototype_pixels",

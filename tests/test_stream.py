@@ -481,3 +481,21 @@ def test_stream_keeps_tiny_probabilities_of_a_rare_class():
     out = sel.compute()
     assert (out.image.tolist(), out.cls.tolist()) == ([1], [1])
     assert out.score.item() == oreal.binary_entropy(p1[1].double()).float().item() > 0  # h in float64, rounded
+
+
+@pytest.mark.parametrize("name", ["entropy", "oreal", "balent_pixel", "pixelbal"])
+def test_an_empty_batch_sets_nothing(name):
+    """A batch without pixels in another dtype (and, for a pixel strategy, another H, W) does not fix the stream's
+    dtype or shape: the batches after it are taken and the picks are those of the pool in memory."""
+    pool = make_pool(4, 3, 5, 5, 4, seed=2)
+    sel = StreamingSelector(name, num_superpixels=4, budget=3, labeled_counts=pool["counts"])
+    empty = {k: pool[k][:0, ..., :2, :2].double() for k in ("probs", "logits", "mc_probs")}
+    for p in range(sel.num_passes):
+        if p:
+            sel.next_pass()
+        sel.update(sp_map=pool["sp_map"][:0, :2, :2], image_ids=[], **empty)
+        sel.update(probs=pool["probs"], logits=pool["logits"], mc_probs=pool["mc_probs"], sp_map=pool["sp_map"],
+                   image_ids=range(4))
+    want = strategies.query(name, probs=pool["probs"], logits=pool["logits"], mc_probs=pool["mc_probs"],
+                            sp_map=pool["sp_map"], num_superpixels=4, budget=3, labeled_counts=pool["counts"])
+    assert all(torch.equal(a, b) for a, b in zip(sel.compute(), want))

@@ -173,3 +173,35 @@ def test_extremes_is_aminmax_in_any_layout(shape, seed, nan, dtype):
             assert lo.isnan() and hi.isnan()
         else:
             assert float(lo) == min(flat.tolist()) and float(hi) == max(flat.tolist())
+
+
+_LABELS = torch.tensor([[[0, 1], [2, 255]]])
+_SP = torch.tensor([[[0, 0], [1, 1]]])
+
+
+@pytest.mark.parametrize("fn", [
+    lambda ii: oreal.superpixel_label_counts(_LABELS, _SP, 2, 3, ignore_index=ii),
+    lambda ii: oreal.dominant_labels(_LABELS, _SP, 2, 3, ignore_index=ii),
+    lambda ii: oreal.confusion_matrix(_LABELS.clamp_max(2), _LABELS, 3, ignore_index=ii),
+    lambda ii: oreal.miou(_LABELS.clamp_max(2), _LABELS, 3, ignore_index=ii),
+])
+def test_ignore_index_is_checked(fn):
+    """An integer outside the class ids, in int64: a string, bool, float or a class id never passes silently."""
+    for bad, err, match in [("255", TypeError, "`ignore_index` to be an integer, but got str '255'"),
+                            (True, TypeError, "`ignore_index` to be an integer, but got bool True"),
+                            (255.0, TypeError, "`ignore_index` to be an integer, but got float"),
+                            (1, ValueError, r"`ignore_index` to be an integer outside the class ids \[0, 3\), "
+                                            r"but got 1"),
+                            (2 ** 70, ValueError, r"`ignore_index` to be an integer <= 2\*\*63 - 1")]:
+        with pytest.raises(err, match=match):
+            fn(bad)
+    fn(255)  # the labels' void value: accepted
+
+
+def test_metric_counts_are_checked():
+    with pytest.raises(ValueError, match=r"`num_classes` to be at most 3037000499 \(its C \* C bins"):
+        oreal.confusion_matrix(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 2 ** 32)
+    with pytest.raises(ValueError, match="`confusion` to be non-negative, but found -1"):
+        oreal.miou_from_confusion(torch.tensor([[1, -1], [-1, 1]]))
+    # the unchecked call computes what the counts say
+    assert float(oreal.miou_from_confusion(torch.tensor([[1, -1], [-1, 1]]), validate_args=False)) == -1.0

@@ -230,6 +230,17 @@ def all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(extremes(x))).all())
 
 
+def validate_unit_interval(x: Tensor, name: str) -> None:
+    """Every value in ``[0, 1]`` (NaN fails), host sync."""
+    check_real(x, name)
+    if not x.numel():
+        return
+    lo, hi = extremes(x)
+    if not (bool(lo >= 0) and bool(hi <= 1)):
+        raise ValueError(f"Expected `{name}` to hold probabilities in [0, 1], but got values in [{float(lo):.4g}, "
+                         f"{float(hi):.4g}]")
+
+
 def validate_finite(x: Tensor, name: str) -> None:
     check_real(x, name)
     if not all_finite(x):

@@ -275,7 +275,7 @@ def _ovr_scores(probs: Tensor, index: Tensor, num_superpixels: int, aggregation:
                                          transform=lambda slab, b, _: _distance_from_certain(slab, b[0]),
                                          with_counts=True)
         # h of the N * S * C maxima in float64, rounded once: the correctly rounded entropy of the pixel nearest 0.5
-        return binary_entropy(nearest_half.double()).to(nearest_half.dtype), counts
+        return binary_entropy(nearest_half.double(), validate_args=False).to(nearest_half.dtype), counts
     return per_class(probs, index, num_superpixels, "mean", transform=lambda slab, b, _: _binary_entropy_into(slab, *b),
                      scratch=3, visit=visit, with_counts=True)
 

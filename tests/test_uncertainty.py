@@ -62,6 +62,21 @@ def test_bald_is_zero_when_samples_agree():
     assert torch.allclose(oreal.bald(mc), torch.zeros(1, 2, 2, dtype=mc.dtype), atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bald_is_never_negative(dtype):
+    """Samples that agree give H(mean) - mean H within rounding of 0, on either side; the score stays >= 0."""
+    mc = random_probs(4, 7, 30, 40, seed=5).to(dtype)[:, None].expand(4, 5, 7, 30, 40)
+    out = oreal.bald(mc)
+    assert bool((out >= 0).all()) and float(out.max()) < 1e3 * torch.finfo(dtype).eps
+
+
+def test_binary_entropy_checks_its_range():
+    for bad in ([1.5, 0.5], [-0.1], [float("nan")]):
+        with pytest.raises(ValueError, match=r"`p` to hold probabilities in \[0, 1\], but got values in"):
+            oreal.binary_entropy(torch.tensor(bad))
+    assert bool(oreal.binary_entropy(torch.tensor([1.5]), validate_args=False).isfinite().all())  # not checked
+
+
 def test_ratio_and_margin_rank_the_spec_example_differently():
     """SPEC §1: top-2 (0.2, 0.1) vs (0.55, 0.44): the ratio ranks the second pixel higher, the margin the first."""
     a = [0.2] + [0.1] * 8

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -283,6 +285,10 @@ def check_config(saved, now, where):
 
 # ----------------------------------------------------------------------------------------------------------
 # the experiment
+#: The seed of the full-supervision reference (one model, whatever ``--seeds`` lists).
+FULL_SEED = 0
+
+
 class Experiment:
     def __init__(self, cfg: LoopConfig, out: Path, *, progress=True, log=print, cache_dir=None, jobs=1):
         self.cfg, self.out, self.log = cfg, Path(out), log
@@ -425,9 +431,10 @@ class Experiment:
         return full_train_config(self.tcfg, self.cfg.rounds)
 
     def full(self):
-        """Fully supervised reference (all pool pixels, true labels), seed of the first run. Checkpointed
+        """Fully supervised reference (all pool pixels, true labels), trained with seed ``FULL_SEED`` whatever
+        ``--seeds`` lists, so any subset or order of seeds is compared with the same reference. Checkpointed
         after every epoch (``full__seedS.ckpt.pt``): a killed run continues it, bit-identically."""
-        seed = self.cfg.seeds[0]
+        seed = FULL_SEED
         path = self.state_dir / f"full__seed{seed}.pt"
         ckpt_path = self.state_dir / f"full__seed{seed}.ckpt.pt"
         ident = self.identity("full", seed)
@@ -554,14 +561,19 @@ class Experiment:
                     stage2_pseudo_acc=float((pseudo == self.pool_labels)[valid].sum()) / max(int(valid.sum()), 1))
 
     # -- driver
-    def run(self):
+    def run(self, restart=False):
         """Run (or resume) every run of the configuration; returns the results dict (also written to
         ``results.json``). Sets torch's CPU thread count to ``cfg.threads`` (part of the configuration)
-        and holds the output folder's lock while it works."""
+        and holds the output folder's lock while it works. ``restart`` first discards the saved state and
+        configuration, once the lock is held (a live run's files are never touched)."""
         self.out.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(self.cfg.threads)
         lock = lock_folder(self.out)
         try:
+            if restart:
+                if self.state_dir.exists():
+                    shutil.rmtree(self.state_dir)
+                (self.out / "config.json").unlink(missing_ok=True)
             if lock is not None:  # no other run writes here: leftovers of a killed write can go
                 for folder in (self.out, self.state_dir):
                     if folder.is_dir():
@@ -1070,8 +1082,8 @@ def config_from_args(a):
         raise ValueError(f"--seeds lists a seed twice: {a.seeds}")
     if not 0.0 <= a.ema_decay < 1.0:
         raise ValueError(f"--ema-decay must be in [0, 1), got {a.ema_decay}")
-    if a.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {a.lr}")
+    if not (math.isfinite(a.lr) and a.lr > 0):
+        raise ValueError(f"--lr must be a finite positive number, got {a.lr}")
     if a.data != "synthetic" and a.root is not None and not Path(a.root).is_dir():
         raise data_mod.DataError(f"--root {a.root} is not a folder")
     tc = asdict(TrainConfig(lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs, patience=a.patience,
@@ -1115,12 +1127,8 @@ def main(argv=None):
             raise ValueError(f"--picks names strategies that are not in --strategies: "
                              f"{[x for x in show if x not in cfg.strategies]}")
         out = Path(a.out)
-        if a.restart and (out / "state").exists():
-            import shutil
-            shutil.rmtree(out / "state")
-            (out / "config.json").unlink(missing_ok=True)
         exp = Experiment(cfg, out, progress=not a.no_progress, cache_dir=a.cache_dir, jobs=a.jobs)
-        results = exp.run()
+        results = exp.run(restart=a.restart)
     except (StateError, data_mod.DataError, ValueError, ImportError) as e:  # ImportError: a missing extra
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ if not hasattr(cv2, "ximgproc"):
     pytest.skip("opencv-contrib (cv2.ximgproc) not installed", allow_module_level=True)
 
 
+from examples import al_loop  # noqa: E402
 from examples import data as D  # noqa: E402
 from examples.oracle import Oracle, partial_labels  # noqa: E402
 from examples.superpixels import compute_superpixels  # noqa: E402
@@ -308,6 +309,22 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def test_refused_restart_deletes_nothing(tmp_path):
+    """--restart while another run holds the folder's lock: refused, and that run's files are left alone."""
+    out = tmp_path / "run"
+    (out / "state").mkdir(parents=True)
+    kept = [out / "config.json", out / "state" / "random__seed0.pt"]
+    for f in kept:
+        f.write_text("a live run's file")
+    holder = al_loop.lock_folder(out)  # the live run
+    try:
+        p = _run_cli(TINY + ["--out", str(out), "--no-plots", "--restart"], tmp_path, timeout=300)
+    finally:
+        holder.close()
+    assert p.returncode == 2 and "another run is using the output folder" in p.stderr
+    assert all(f.read_text() == "a live run's file" for f in kept)
+
+
 def test_mismatched_config_is_a_clear_error(tmp_path):
     out = tmp_path / "run"
     args = TINY + ["--out", str(out), "--no-plots", "--rounds", "1", "--strategies", "random", "--no-full"]
@@ -337,6 +354,10 @@ def test_cli_rejects_bad_input(tmp_path):
     assert p.returncode == 2 and "nowhere" in p.stderr
     p = _run_cli(["--strategies", "random:max"], tmp_path, timeout=60)
     assert p.returncode == 2 and "no aggregation" in p.stderr
+    for lr in ("nan", "inf", "0"):  # refused before anything is written
+        p = _run_cli(["--lr", lr, "--out", str(tmp_path / "lr")], tmp_path, timeout=60)
+        assert p.returncode == 2 and f"--lr must be a finite positive number, got {float(lr)}" in p.stderr
+        assert not (tmp_path / "lr").exists()
 
 
 def test_report_pairs_max_and_mean_by_seed():

@@ -7,9 +7,12 @@ Methods (``method=``):
 
 - ``"seeds"``: SEEDS (Van den Bergh et al. 2012, OpenCV contrib ``cv2.ximgproc``), the OREAL paper's choice.
   SEEDS quantises the count to its block grid; with ``levels=None`` the number of levels (4, 3, 2, 1) whose count
-  lands closest to ``count`` is used (more levels first on ties: finer boundaries).
-- ``"slic"``: SLICO (zero-parameter SLIC, OpenCV contrib) with region size ``round(sqrt(H * W / count))`` and
-  label connectivity enforced.
+  lands closest to ``count`` is used (more levels first on ties: finer boundaries). Only grids that fit the image
+  are tried (OpenCV's SEEDS crashes or never returns on the others, e.g. ``count=100`` on a 16x16 image); where
+  none fits, a ``ValueError`` says so.
+- ``"slic"``: SLICO (zero-parameter SLIC, OpenCV contrib) with region size ``round(sqrt(H * W / count))``, at most
+  the image's shorter side (a larger one crashes OpenCV), and label connectivity enforced; images need at least
+  2x2 pixels.
 - ``"skimage_slic"``: SLIC of scikit-image (``skimage.segmentation.slic``, in CIE Lab) with
   ``n_segments=count``.
 
@@ -135,23 +138,53 @@ def _compute_one(image: Any, p: Dict[str, Any]) -> Any:
                       sigma=p["sigma"], start_label=1, channel_axis=-1)
         return labels.astype(np.int32)
     cv2 = _cv2()
-    lab_img = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     if p["method"] == "seeds":
         def make(levels: int) -> Any:
             return cv2.ximgproc.createSuperpixelSEEDS(W, H, 3, p["count"], levels, p["prior"], p["bins"],
                                                       p["double_step"])
 
-        levels = p["levels"]
-        if levels is None:
-            levels = min((4, 3, 2, 1), key=lambda lv: abs(make(lv).getNumberOfSuperpixels() - p["count"]))
-        s = make(levels)
-        s.iterate(lab_img, p["iterations"])
+        # OpenCV's SEEDS crashes or never returns where its block grid does not fit the image: only grids that fit
+        levels = [lv for lv in ((4, 3, 2, 1) if p["levels"] is None else (p["levels"],))
+                  if _seeds_grid_fits(W, H, p["count"], lv)]
+        if not levels:
+            raise ValueError(f"SEEDS cannot divide a {H}x{W} image into count={p['count']} superpixels with "
+                             f"levels={p['levels']}: its block grid does not fit (OpenCV's SEEDS would crash); use "
+                             f"a larger image or another count, or method='slic' / 'skimage_slic'")
+        lv = min(levels, key=lambda lv: abs(make(lv).getNumberOfSuperpixels() - p["count"]))
+        s = make(lv)
+        s.iterate(cv2.cvtColor(image, cv2.COLOR_RGB2LAB), p["iterations"])
     else:
-        region = max(2, int(round((H * W / p["count"]) ** 0.5)))
-        s = cv2.ximgproc.createSuperpixelSLIC(lab_img, cv2.ximgproc.SLICO, region, p["ruler"])
+        if min(H, W) < 2:
+            raise ValueError(f"OpenCV's SLIC needs an image of at least 2x2 pixels, but got {H}x{W}; use "
+                             f"method='skimage_slic'")
+        # at most the image's shorter side: a larger region crashes OpenCV's SLIC
+        region = min(max(2, int(round((H * W / p["count"]) ** 0.5))), H, W)
+        s = cv2.ximgproc.createSuperpixelSLIC(cv2.cvtColor(image, cv2.COLOR_RGB2LAB), cv2.ximgproc.SLICO, region,
+                                              p["ruler"])
         s.iterate(p["iterations"])
         s.enforceLabelConnectivity(25)
     return s.getLabels().astype(np.int32)
+
+
+def _seeds_grid_fits(width: int, height: int, count: int, levels: int) -> bool:
+    """Whether OpenCV's SEEDS can lay its block grid on the image: its ``initialize`` (at least 10 superpixels and
+    2 levels; ``h = floor(sqrt(count * H / W))`` rows and ``floor(h * W / H)`` columns of superpixels; levels dropped
+    until the bottom blocks are at least one pixel; each level halves the blocks per row and column) must keep two
+    levels and at least one block per row and column on every level. Where it does not, OpenCV divides by zero,
+    loops forever or reads out of bounds. Mirrors its float32 arithmetic."""
+    import numpy as np
+
+    count, levels = max(count, 10), max(levels, 2)
+    rows = int(np.sqrt(np.float32(count) * np.float32(height) / np.float32(width)))
+    cols = rows * width // height
+    if rows < 1 or cols < 1:
+        return False
+    for lv in range(levels, 1, -1):
+        bw = np.float32(width) / np.float32(cols) / np.float32(1 << (lv - 1))
+        bh = np.float32(height) / np.float32(rows) / np.float32(1 << (lv - 1))
+        if bw >= 1 and bh >= 1:
+            return (width // math.ceil(bw)) >> (lv - 1) >= 1 and (height // math.ceil(bh)) >> (lv - 1) >= 1
+    return False
 
 
 def _version(method: str) -> str:

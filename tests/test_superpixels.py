@@ -151,3 +151,44 @@ def test_import_oreal_needs_neither_opencv_nor_scikit_image():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
     assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+_SMALL = """
+import json, sys
+import numpy as np
+from oreal.superpixels import compute_one
+out = []
+for h, w, method, count, levels in json.loads(sys.argv[1]):
+    image = np.random.default_rng(h * 100 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    try:
+        sp = compute_one(image, method=method, count=count, **({} if levels is None else {"levels": levels}))
+        out.append(["map", list(sp.shape), int(np.unique(sp).size)])
+    except ValueError as e:
+        out.append(["error", str(e)])
+print(json.dumps(out))
+"""
+
+
+def test_small_images_get_a_map_or_a_clear_error():
+    """OpenCV's SEEDS and SLIC crash (SIGSEGV) or never return on images too small for their grid or region: these
+    cases either give a map or a ValueError. Run in a child process, so a crash fails this test instead of pytest."""
+    cases = [(16, 16, "seeds", 100, None), (8, 8, "seeds", 100, None), (5, 5, "seeds", 4, None),
+             (11, 32, "seeds", 1, None), (19, 50, "seeds", 2, 4), (2, 2, "seeds", 1, None),
+             (32, 32, "seeds", 100, None), (24, 32, "seeds", 12, 2),
+             (1, 50, "slic", 4, None), (1, 1, "slic", 100, None), (8, 32, "slic", 1, None), (33, 8, "slic", 1, None)]
+    import json
+    p = subprocess.run([sys.executable, "-c", _SMALL, json.dumps(cases)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert p.returncode == 0, f"the child process ended with {p.returncode}: {p.stderr[-500:]}"
+    for (h, w, method, count, levels), got in zip(cases, json.loads(p.stdout)):
+        if got[0] == "map":
+            assert got[1] == [h, w] and got[2] >= 1
+        elif method == "seeds":
+            assert f"SEEDS cannot divide a {h}x{w} image into count={count} superpixels" in got[1]
+        else:
+            assert min(h, w) < 2 and f"OpenCV's SLIC needs an image of at least 2x2 pixels, but got {h}x{w}" in got[1]
+    kinds = {case: g[0] for case, g in zip(cases, json.loads(p.stdout))}
+    # grids and regions that fit give maps (a SLIC region larger than the short side is cut to it)
+    assert all(kinds[c] == "map" for c in [(32, 32, "seeds", 100, None), (24, 32, "seeds", 12, 2),
+                                           (8, 32, "slic", 1, None), (33, 8, "slic", 1, None)])
+    assert kinds[(16, 16, "seeds", 100, None)] == kinds[(1, 50, "slic", 4, None)] == "error"

@@ -197,7 +197,7 @@ def partial_labels(sp_map: Tensor, sp_labels: Tensor, *, ignore_index: int = 255
     lab = torch.where(lab >= 0, lab, ignore_index)
     lab = torch.cat([lab, lab.new_full((n, 1), ignore_index)], 1)  # column S: pixels with sp id -1
     idx = torch.where(sp_map >= 0, sp_map.long(), s)
-    return torch.gather(lab, 1, idx.reshape(n, -1)).reshape(sp_map.shape)
+    return torch.gather(lab, 1, idx.reshape(n, idx.shape[1] * idx.shape[2])).reshape(sp_map.shape)
 
 
 def relabel_superpixels(sp_map: Any, *, ignore: Optional[int] = None) -> Tuple[Tensor, int]:

@@ -336,7 +336,7 @@ def undecided_fraction(undecided: Tensor, sp_map: Tensor, num_superpixels: int, 
     num_superpixels = check_sp_map(sp_map, num_superpixels, validate_args=validate_args)
     check_bool_tensor(undecided, "undecided", tuple(sp_map.shape))
     check_same_device(undecided, "undecided", sp_map, "sp_map")
-    src = undecided.reshape(undecided.shape[0], -1).float()
+    src = undecided.reshape(undecided.shape[0], undecided.shape[1] * undecided.shape[2]).float()
     return scatter_rows(src, flat_index(sp_map, num_superpixels), num_superpixels, "mean")
 
 

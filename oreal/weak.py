@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from oreal._checks import (
+    all_finite,
     check_bool_tensor,
     check_float,
     check_ignore_index,
@@ -62,9 +63,10 @@ def weak_labels(labels: Tensor, sp_map: Tensor, num_superpixels: int, num_classe
                 ignore_index: int = 255, min_share: float = 0.0, validate_args: bool = True) -> Tensor:
     """The weak oracle: the set of classes present in each superpixel, from ground truth.
 
-    Class ``c`` is named for superpixel ``g`` when ``m_gc > 0`` and ``m_gc >= min_share * sum_c' m_gc'``, with
-    ``m_gc`` the number of ground-truth pixels of class ``c`` in ``g`` (``ignore_index`` pixels do not count;
-    the comparison is made in float64).
+    Class ``c`` is named for superpixel ``g`` when ``m_gc > 0`` and its share ``m_gc / sum_c' m_gc' >= min_share``,
+    with ``m_gc`` the number of ground-truth pixels of class ``c`` in ``g`` (``ignore_index`` pixels do not count).
+    The share is a correctly rounded float64 division, so a share that is the decimal ``min_share`` reaches it (7
+    of 100 pixels at ``min_share=0.07``; the product ``0.07 * 100`` rounds up to ``7.000000000000001``).
     The dominant class (:func:`oreal.dominant_labels`: most pixels, ties to the lowest id) is always named, so a
     superpixel with any valid pixel gets a non-empty set whatever ``min_share`` **(ours)**. Superpixels with no
     valid pixel get an empty set. Deterministic, integer counts only (no floating-point sums).
@@ -96,7 +98,7 @@ def weak_labels(labels: Tensor, sp_map: Tensor, num_superpixels: int, num_classe
     counts = superpixel_label_counts(labels, sp_map, num_superpixels, num_classes, ignore_index=ignore_index,
                                      validate_args=validate_args)
     total = counts.sum(dim=-1, keepdim=True)
-    named = (counts > 0) & (counts.double() >= min_share * total.double())
+    named = (counts > 0) & (counts.double() / total.double().clamp_min(1) >= min_share)
     dominant = torch.zeros_like(named).scatter_(-1, counts.argmax(dim=-1, keepdim=True), True)
     return named | (dominant & (total > 0))
 
@@ -180,7 +182,8 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     superpixel weighs in proportion to its pixels; a term with no pixel (no pair) is 0 and contributes no
     gradient. Pixels with ``sp_map == -1`` and superpixels with an empty row in ``weak`` take no part.
     Computed in log space, ``-ln sum_{c in Y} q_c = logsumexp_c(z_c / T) - logsumexp_{c in Y}(z_c / T)`` and
-    ``ln q = log_softmax(z / T)``, so it stays finite for any finite logits and temperature. The maxima over
+    ``ln q = log_softmax(z / T)``, so it stays finite wherever ``z / T`` is (``validate_args`` checks that it does
+    not overflow). The maxima over
     superpixels are one ``scatter_reduce`` per class plane; on ties the gradient is split evenly
     among the tied pixels (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may
     differ between calls in the last bits (``scatter_add``).
@@ -212,11 +215,15 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     temperature = check_number(temperature, "temperature", positive=True)
     weights = [check_number(x, name, positive=False) for x, name in ((ce_weight, "ce_weight"), (mp_weight, "mp_weight"),
                                                        (pp_weight, "pp_weight"))]
-    if validate_args:
-        validate_finite(logits, "logits")
     n, c = logits.shape[:2]
     s = num_superpixels
-    z = logits.to(compute_dtype(logits)).reshape(n, c, -1) / temperature  # (N, C, P)
+    z = logits.to(compute_dtype(logits)).reshape(n, c, sp_map.shape[1] * sp_map.shape[2]) / temperature  # (N, C, P)
+    if validate_args and not all_finite(z):  # one pass over z, which also covers the logits
+        validate_finite(logits, "logits")
+        largest = float(logits.detach().abs().max())
+        raise ValueError(f"Expected `logits / temperature` to be finite in {z.dtype}, but it overflows: the largest "
+                         f"|logit| is {largest:.4g} and temperature={temperature:g}; use a larger temperature or "
+                         f"smaller logits")
     index = flat_index(sp_map, s)  # (N, P), S = spill bin for -1 pixels
     # Each pixel's label set, (N, C, P): the row of its superpixel (an empty row for the spill bin).
     rows = torch.cat([weak, weak.new_zeros(n, 1, c)], dim=1).transpose(1, 2)
@@ -274,8 +281,8 @@ def _prototype_pixels(probs: Tensor, index: Tensor, weak: Tensor, num_superpixel
     n, c = probs.shape[:2]
     s = num_superpixels
     dtype = compute_dtype(probs)
-    flat = probs.reshape(n, c, -1)
-    pixels = flat.shape[-1]
+    pixels = probs.shape[-2] * probs.shape[-1]  # not -1 in reshape: N may be 0
+    flat = probs.reshape(n, c, pixels)
     position = torch.arange(pixels, device=probs.device, dtype=torch.float64).expand(n, -1)  # exact below 2^53
     inside = index < s
     out = torch.empty(n, s, c, dtype=torch.long, device=probs.device)

@@ -576,3 +576,17 @@ def test_cbal_milp_without_scipy_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "oreal\[milp\]"'):
         strategies.query("cbal_milp", probs=probs, sp_map=sp_map, num_superpixels=2, budget=1,
                          labeled_counts=torch.zeros(2, dtype=torch.long))
+
+
+def test_scheme_functions_take_an_empty_batch():
+    """N = 0 gives empty results (or a zero loss), as in the rest of the library, not a torch reshape error."""
+    from oreal import semi, weak
+    from oreal.labels import partial_labels
+    empty_sp, empty_weak = torch.zeros(0, 2, 3, dtype=torch.long), torch.zeros(0, 2, 2, dtype=torch.bool)
+    loss = weak.weak_loss(torch.zeros(0, 2, 2, 3), empty_sp, empty_weak, 2)
+    assert float(loss.total) == 0 and not loss.total.isnan()
+    assert weak.prototype_pixels(torch.zeros(0, 2, 2, 3), empty_sp, empty_weak, 2).shape == (0, 2, 2)
+    assert weak.prototype_pseudo_labels(torch.zeros(0, 4, 1, 1), torch.zeros(0, 2, 2, 3), empty_sp, empty_weak,
+                                        2).shape == (0, 2, 3)
+    assert semi.undecided_fraction(torch.zeros(0, 2, 3, dtype=torch.bool), empty_sp, 2).shape == (0, 2)
+    assert partial_labels(empty_sp, torch.zeros(0, 2, dtype=torch.long)).shape == (0, 2, 3)

@@ -26,7 +26,7 @@ def ref_weak_labels(labels, sp, s, c, ignore_index=255, min_share=0.0):
                 continue
             dominant = counts.index(max(counts))  # first maximum: lowest class id
             for cls in range(c):
-                out[i, k, cls] = (counts[cls] > 0 and counts[cls] >= min_share * total) or cls == dominant
+                out[i, k, cls] = (counts[cls] > 0 and counts[cls] / total >= min_share) or cls == dominant
     return out
 
 
@@ -125,6 +125,11 @@ def test_weak_labels_share_is_exact_at_the_boundary_and_keeps_the_dominant_class
     assert W.weak_labels(labels, sp, 1, 3, min_share=1 / 3)[0, 0].tolist() == [True, True, False]
     assert W.weak_labels(labels, sp, 1, 3, min_share=0.34)[0, 0].tolist() == [True, False, False]
     assert W.weak_labels(labels, sp, 1, 3, min_share=1.0)[0, 0].tolist() == [True, False, False]  # dominant
+    # a share equal to the decimal min_share reaches it: 7 of 100 at 0.07 (0.07 * 100 rounds to 7.000000000000001)
+    labels = torch.tensor([0] * 86 + [1] * 7 + [2] * 7).reshape(1, 1, 100)
+    assert W.weak_labels(labels, sp.new_zeros(1, 1, 100), 1, 3, min_share=0.07)[0, 0].tolist() == [True] * 3
+    assert W.weak_labels(labels, sp.new_zeros(1, 1, 100), 1, 3, min_share=0.0701)[0, 0].tolist() == [True, False,
+                                                                                                       False]
     tie = torch.tensor([[[1, 1, 2, 2]]])
     assert W.weak_labels(tie, sp[..., :4], 1, 3, min_share=0.9)[0, 0].tolist() == [False, True, False]
 
@@ -361,6 +366,11 @@ def test_bad_inputs_raise_clear_errors():
         W.weak_loss(probs, sp, weak, 2, mp_weight=None)
     with pytest.raises(ValueError, match="`logits` to contain only finite values"):
         W.weak_loss(probs.clone().fill_(float("nan")), sp, weak, 2)
+    with pytest.raises(ValueError, match=r"`logits / temperature` to be finite in torch.float32, but it overflows: "
+                                         r"the largest \|logit\| is 3e\+38 and temperature=0.1"):
+        W.weak_loss(probs.float().fill_(3e38), sp, weak, 2)
+    with pytest.raises(ValueError, match="temperature=1e-39"):
+        W.weak_loss(probs.float(), sp, weak, 2, temperature=1e-39)
     with pytest.raises(ValueError, match=r"`min_share` to be a number in \[0, 1\], but got 1.5"):
         W.weak_labels(sp, sp, 2, 3, min_share=1.5)
     with pytest.raises(TypeError, match=r"`min_share` to be a number in \[0, 1\], but got str '0.5'"):

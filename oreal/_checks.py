@@ -230,14 +230,14 @@ def all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(extremes(x))).all())
 
 
-def validate_unit_interval(x: Tensor, name: str) -> None:
-    """Every value in ``[0, 1]`` (NaN fails), host sync."""
+def validate_unit_interval(x: Tensor, name: str, what: str = "probabilities") -> None:
+    """Every value in ``[0, 1]`` (NaN fails), host sync; ``what`` names the values in the message."""
     check_real(x, name)
     if not x.numel():
         return
     lo, hi = extremes(x)
     if not (bool(lo >= 0) and bool(hi <= 1)):
-        raise ValueError(f"Expected `{name}` to hold probabilities in [0, 1], but got values in [{float(lo):.4g}, "
+        raise ValueError(f"Expected `{name}` to hold {what} in [0, 1], but got values in [{float(lo):.4g}, "
                          f"{float(hi):.4g}]")
 
 

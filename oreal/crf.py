@@ -82,14 +82,19 @@ def check_crf_options(iterations: object, window: object, blur: object, spatial_
 
 
 def check_crf_images(images: object, spatial: tuple, like: Tensor, validate_args: bool) -> Tensor:
-    """``images`` fit ``probs`` (N, H, W, device); with ``validate_args``, floating point colours lie in [0, 1]."""
+    """``images`` fit ``probs`` (N, H, W, device); with ``validate_args``, floating point colours lie in [0, 1] and
+    integer ones in [0, 255]."""
     images = check_images(images, spatial, like, "probs")
-    if validate_args and images.is_floating_point() and images.numel():
+    if validate_args and images.numel() and images.dtype != torch.uint8:
         lo, hi = extremes(images)
-        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))) or lo < 0 or hi > 1:
-            raise ValueError(f"Expected floating point `images` to hold colours in [0, 1] (integer images are read "
-                             f"as 0-255), but got values in [{float(lo):.4g}, {float(hi):.4g}]; divide 0-255 "
-                             f"images by 255 or pass them as uint8")
+        if images.is_floating_point():
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))) or lo < 0 or hi > 1:
+                raise ValueError(f"Expected floating point `images` to hold colours in [0, 1] (integer images are "
+                                 f"read as 0-255), but got values in [{float(lo):.4g}, {float(hi):.4g}]; divide "
+                                 f"0-255 images by 255 or pass them as uint8")
+        elif lo < 0 or hi > 255:
+            raise ValueError(f"Expected integer `images` to hold colours in [0, 255], but got values in [{int(lo)}, "
+                             f"{int(hi)}]; scale other ranges (e.g. 16-bit) to 0-255 or to floats in [0, 1]")
     return images
 
 

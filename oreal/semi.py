@@ -28,10 +28,10 @@ from oreal._checks import (
     check_same_device,
     check_shape,
     compute_dtype,
-    extremes,
     validate_finite,
     validate_ids,
     validate_probabilities,
+    validate_unit_interval,
 )
 from oreal._proto import (
     BLOCK_SIZE,
@@ -340,6 +340,9 @@ def undecided_fraction(undecided: Tensor, sp_map: Tensor, num_superpixels: int, 
     return scatter_rows(src, flat_index(sp_map, num_superpixels), num_superpixels, "mean")
 
 
+_FRACTIONS = "undecided fractions"  # of undecided_fraction
+
+
 def prefer_undecided(scores: Tensor, fraction: Tensor, *, validate_args: bool = True) -> Tensor:
     """Re-weight a strategy's superpixel scores by the undecided fraction: ``s'_g = s_g * u_g`` **(ours)**.
 
@@ -353,7 +356,8 @@ def prefer_undecided(scores: Tensor, fraction: Tensor, *, validate_args: bool = 
     Args:
         scores (Tensor[N, S] or Tensor[N, S, C]): superpixel scores ``>= 0`` (class columns are each weighted).
         fraction (Tensor[N, S]): :func:`undecided_fraction`.
-        validate_args: check that the scores are finite and non-negative (host sync).
+        validate_args: check that the scores are finite and non-negative and the fractions in ``[0, 1]`` (host
+            sync).
 
     Returns:
         Tensor: the shape of ``scores``, in the promoted dtype of both.
@@ -369,6 +373,7 @@ def prefer_undecided(scores: Tensor, fraction: Tensor, *, validate_args: bool = 
                          f"{tuple(fraction.shape)} to match `fraction`, but got {tuple(scores.shape)}")
     check_same_device(scores, "scores", fraction, "fraction")
     if validate_args:
+        validate_unit_interval(fraction, "fraction", _FRACTIONS)
         validate_finite(scores, "scores")
         if scores.numel() and bool((scores < 0).any()):
             raise ValueError(f"Expected `scores` to be non-negative for the product rule, but found "
@@ -422,11 +427,8 @@ def query_undecided(name: str, *, fraction: Tensor, min_fraction: float = 0.5, b
         raise ValueError(f"Expected a superpixel strategy, but got the pixel-level {name!r} (its units are pixels, "
                          f"not the superpixels of `fraction`)")
     check_float(fraction, "fraction", ndim=2)
-    if query_args.get("validate_args", True) and fraction.numel():
-        lo, hi = extremes(fraction)
-        if not (bool(lo >= 0) and bool(hi <= 1)):  # NaN fails both
-            raise ValueError(f"Expected `fraction` to hold undecided fractions in [0, 1] (undecided_fraction), but "
-                             f"got values in [{float(lo):.4g}, {float(hi):.4g}]")
+    if query_args.get("validate_args", True):
+        validate_unit_interval(fraction, "fraction", _FRACTIONS)
     sp_map, num_superpixels = query_args.get("sp_map"), query_args.get("num_superpixels")
     if isinstance(sp_map, Tensor) and sp_map.ndim == 3 and isinstance(num_superpixels, int):
         check_shape(fraction, "fraction", (sp_map.shape[0], num_superpixels), "= (N, S) to match sp_map")

@@ -145,6 +145,10 @@ def test_bad_inputs():
         crf_refine(probs, images > 0)
     with pytest.raises(ValueError, match="images"):
         crf_refine(probs, images[0, 0, 0])
+    for wide in (images.int() * 257, images.int() - 1):  # 16-bit colours, negative values
+        with pytest.raises(ValueError, match=r"integer `images` to hold colours in \[0, 255\], but got values in"):
+            crf_refine(probs, wide)
+    torch.testing.assert_close(crf_refine(probs, images.int()), crf_refine(probs, images))  # 0-255 in any int dtype
 
 
 @pytest.mark.parametrize("name", ["sp_crf", "sp_crf_class"])

@@ -280,6 +280,9 @@ def test_prefer_undecided_weights_scores_and_class_columns():
         P.prefer_undecided(-scores, frac)
     with pytest.raises(ValueError, match=r"`scores` to have shape \(N, S\) or \(N, S, C\) with \(N, S\) = \(1, 3\)"):
         P.prefer_undecided(scores[:, :2], frac)
+    for bad in ([[2.0, -1.0, 0.5]], [[float("nan"), 0.5, 0.5]]):
+        with pytest.raises(ValueError, match=r"`fraction` to hold undecided fractions in \[0, 1\], but got values"):
+            P.prefer_undecided(scores, torch.tensor(bad, dtype=torch.float64))
 
 
 def _pool(seed=9, n=2, s=8):

@@ -243,9 +243,10 @@ def brush_rle(mask: Tensor) -> List[int]:
     The format of Label Studio's image brush (``@thi.ng/rle-pack``): the row-major RGBA bytes of the mask
     (``255`` inside, ``0`` outside, in all four channels) as a bit stream: 32 bits of length, 5 bits of word
     size minus one (``7``), four 4-bit run-size classes minus one (``3, 4, 8, 16`` bits), then per run a ``1``,
-    the 2-bit size class, the run length minus one and the 8-bit value (runs over ``2^16`` are split), padded
-    with 1 to 8 zero bits. The bytes are those of ``label_studio_sdk.converter.brush.mask2rle`` (the tests
-    compare when the SDK is installed).
+    the 2-bit size class, the run length minus one and the 8-bit value (runs over ``2^16`` are split into parts
+    of ``2^16`` and a rest, all in the 16-bit class), padded with 1 to 8 zero bits. The bytes are those of
+    ``label_studio_sdk.converter.brush.mask2rle`` (``tests/test_label_studio.py`` compares them with the SDK of
+    the Label Studio environment).
 
     Args:
         mask (Tensor[H, W], bool): the region.
@@ -262,10 +263,10 @@ def brush_rle(mask: Tensor) -> List[int]:
     bits = [f"{4 * mask.numel():032b}", f"{7:05b}", "".join(f"{x - 1:04b}" for x in (3, 4, 8, 16))]
     for v, n in zip(values, lengths):
         v, n = (255 if v else 0), 4 * n  # every pixel is 4 equal bytes: runs are >= 4 long
+        size = 0 if n <= 8 else 1 if n <= 16 else 2 if n <= 256 else 3  # of the whole run, as the SDK
         while n > 1 << 16:
             bits.append(f"111{(1 << 16) - 1:016b}{v:08b}")
             n -= 1 << 16
-        size = 0 if n <= 8 else 1 if n <= 16 else 2 if n <= 256 else 3
         bits.append(f"1{size:02b}{n - 1:0{(3, 4, 8, 16)[size]}b}{v:08b}")
     s = "".join(bits)
     s += "0" * (8 - len(s) % 8)
@@ -424,6 +425,11 @@ def _answer_values(result: Dict[str, Any]) -> Optional[List[Any]]:
     return choices if isinstance(choices, list) else None
 
 
+def _is_int(x: Any) -> bool:
+    """A JSON integer: an int, not a bool (``True == 1``) nor a float (``1.0 == 1``)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def read_answers(export: Any, selection: Any, class_names: Sequence[str], *, num_images: int,
                  num_superpixels: int, round: int = 0, weak: bool = False, void: Optional[str] = None,
                  labels: Optional[Tensor] = None, labeled: Optional[Tensor] = None) -> Answers:
@@ -529,7 +535,11 @@ def read_answers(export: Any, selection: Any, class_names: Sequence[str], *, num
             problems.append(f"task {tid}: made for round {data.get(KEY_ROUND)!r}, but round {round} is read")
             continue
         n, sps = data[KEY_IMAGE], data[KEY_SUPERPIXELS]
-        if not isinstance(sps, list) or not sps or any((n, s) not in picks for s in sps):
+        if not _is_int(n) or not isinstance(sps, list) or not sps or not all(_is_int(s) for s in sps):
+            problems.append(f"task {tid}: {KEY_IMAGE!r} should be an integer and {KEY_SUPERPIXELS!r} a non-empty "
+                            f"list of integers, but got {n!r:.40} and {sps!r:.80}")
+            continue
+        if any((n, s) not in picks for s in sps):
             problems.append(f"task {tid}: asks for superpixels {sps!r} of image {n!r}, which the selection did "
                             f"not pick")
             continue

@@ -389,6 +389,12 @@ def _cases():
         ("other round", [task(1, 0, [1], [ann(1, ["sky"])], rnd=1)] + e()[1:], {}, "made for round 1"),
         ("foreign task", [{"id": 8, "data": {"image": "x"}, "annotations": []}] + e(), {}, "not a task made by"),
         ("not picked", e() + [task(5, 0, [2], [ann(1, ["sky"])])], {}, "did not pick"),
+        ("float image id", [task(1, 0.0, [1], [ann(1, ["sky"])])] + e()[1:], {},
+         "task 1: 'oreal_image' should be an integer and 'oreal_superpixels' a non-empty list of integers, but got "
+         "0.0 and \\[1\\]"),
+        ("bool image id", [task(1, False, [1], [ann(1, ["sky"])])] + e()[1:], {}, "but got False and"),
+        ("float superpixel", [task(1, 0, [1.0], [ann(1, ["sky"])])] + e()[1:], {}, "and \\[1.0\\]"),
+        ("list image id", [task(1, [0], [1], [ann(1, ["sky"])])] + e()[1:], {}, "but got \\[0\\] and"),
         ("annotation not an object", [dict(e()[0], annotations=["sky"])] + e()[1:], {},
          "task 1: 'annotations' should be a list of annotation objects, but got \\['sky'\\]"),
         ("annotations not a list", [dict(e()[0], annotations={"result": []})] + e()[1:], {},

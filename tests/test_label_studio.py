@@ -43,6 +43,33 @@ from oreal.export import AnswerError  # noqa: E402
 START_TIMEOUT = 420  # s; a cold start (database migrations) took 60-160 s on a loaded 2-core machine
 
 
+_SDK_RLE = """
+import json, sys
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+masks = json.loads(sys.stdin.read())
+print(json.dumps([[int(b) for b in mask2rle(np.array(m, dtype=np.uint8) * 255)] for m in masks]))
+"""
+
+
+def test_brush_rle_bytes_are_the_sdks():
+    """The bytes of the SDK's ``mask2rle`` (run by the Label Studio environment's Python), for runs in every size
+    class and around the 2^16-byte split (a pixel is 4 bytes): 16384 pixels fill one part, 16385 leave a rest."""
+    python = Path(EXE).parent / "python"
+    if not os.access(python, os.X_OK):
+        pytest.skip(f"no python beside {EXE} to import label_studio_sdk from")
+    g = torch.Generator().manual_seed(3)
+    masks = [torch.rand(5, 7, generator=g) < 0.5, torch.ones(3, 3, dtype=torch.bool)]
+    for pixels in (1, 2, 4, 5, 64, 65, 16384, 16385, 16386, 16448, 16449, 32768, 32769, 40000):
+        m = torch.zeros(1, pixels + 2, dtype=torch.bool)
+        m[0, 1:-1] = True
+        masks.append(m)
+    p = subprocess.run([str(python), "-c", _SDK_RLE], input=json.dumps([m.int().tolist() for m in masks]),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert [ox.brush_rle(m) for m in masks] == json.loads(p.stdout)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -34,8 +34,8 @@ import oreal
 from oreal import export as ox
 from oreal.labels import region_masks
 
-from .al_loop import (Experiment, LoopConfig, StateError, _needs_mc, _sub_seed, atomic_write_bytes, load_state,
-                      parse_strategy, save_state, write_json)
+from .al_loop import (Experiment, LoopConfig, StateError, _needs_mc, _sub_seed, atomic_write_bytes, check_strategies,
+                      load_state, parse_strategy, save_state, write_json)
 from .data import DataError
 from .train import TrainConfig, predict_logits, predict_mc
 
@@ -120,15 +120,15 @@ class LabelStudio:
 # ----------------------------------------------------------------------------------------------------------
 # state
 def _cfg(a) -> LoopConfig:
-    parse_strategy(a.strategy)
+    check_strategies((a.strategy,))  # an unknown name is refused before round 0, not after it
     tc = asdict(TrainConfig(max_epochs=a.max_epochs, patience=a.patience))
     return LoopConfig(data=a.data, root=a.root, size=a.size, limits=a.limits, sp_count=a.sp_count, width=a.width,
                       strategies=(a.strategy,), seeds=(a.seed,), rounds=a.rounds, budget=a.budget,
-                      full_supervision=False, train=tc)
+                      full_supervision=False, train=tc, threads=a.threads)
 
 
 def _fingerprint(exp: Experiment, a) -> dict:
-    return dict(exp.fp, strategy=a.strategy, seed=a.seed, per=a.per)
+    return dict(exp.fp, strategy=a.strategy, seed=a.seed, per=a.per, outline=a.outline)
 
 
 def _load(exp, a):

@@ -169,8 +169,10 @@ def main(argv=None):
     for path in [Path(p) for p in [a.results, *a.compare]]:
         try:
             results = json.loads(path.read_text())
-            results["summary"]
-        except (OSError, ValueError, KeyError) as e:
+            if not isinstance(results, dict) or "summary" not in results:
+                raise ValueError(f"expected the JSON object of results.json, with a 'summary', but got "
+                                 f"{type(results).__name__}{' without one' if isinstance(results, dict) else ''}")
+        except (OSError, ValueError) as e:
             print(f"error: cannot read a results file from {path}: {e}", file=sys.stderr)
             return 2
         loaded.append(results)

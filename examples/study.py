@@ -99,6 +99,9 @@ def main(argv=None):
     p.add_argument("--compare", action="append", default=[], metavar="RESULTS_JSON",
                    help="the report adds that run's test mIoU at this run's clicks (repeatable)")
     a, extra = p.parse_known_args(argv)  # the rest goes to examples.al_loop (e.g. --labels weak, --semi plar)
+    if a.budget is not None and a.budget < 1:
+        print(f"error: --budget must be at least 1, got {a.budget}", file=sys.stderr)
+        return 2
     if a.reduced:
         a.seeds = "0,1" if a.seeds == "0,1,2,3,4" else a.seeds
         a.strategies = "random,entropy:max,oreal:max,oreal:mean" if a.strategies == STRATEGIES else a.strategies
@@ -112,7 +115,7 @@ def main(argv=None):
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    budget = a.budget or budget
+    budget = budget if a.budget is None else a.budget
     print(f"study: {size[0]}x{size[1]}, {sp} superpixels per image requested, {n} in the pool, budget {budget} "
           f"per round ({'given' if a.budget else f'{100 * frac:g} % of the superpixels'}), round 0 + {a.rounds} "
           f"rounds{', loop options ' + ' '.join(extra) if extra else ''}", flush=True)

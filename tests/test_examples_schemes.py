@@ -312,3 +312,15 @@ def test_report_compares_at_equal_clicks(tmp_path, capsys):
     assert "- random: 10 clicks 10.0 / 20.0, 20 clicks 20.0 / 40.0, 40 clicks 30.0 / -" in out
     assert "- random: 10 clicks 10.0 / 50.0, 20 clicks 20.0 / 60.0, 40 clicks 30.0 / 80.0" in out
     assert "(superpixels, dominant labels, --semi plar)" in out
+
+
+def test_report_refuses_files_that_are_not_results(tmp_path, capsys):
+    from examples.report import main
+
+    for name, text, why in [("list.json", "[1, 2]", "but got list"), ("other.json", '{"runs": {}}', "without one"),
+                            ("bad.json", "{", "Expecting")]:
+        (tmp_path / name).write_text(text)
+        assert main([str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: cannot read a results file from {tmp_path / name}" in err and why in err
+    assert main([str(tmp_path / "missing.json")]) == 2

@@ -460,7 +460,7 @@ def test_round_trip_with_the_oracle():
         assert int(got.labeled.sum()) == 5
 
 
-def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch):
+def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch, capsys):
     """examples/label_studio.py without a server: push --files-only, answers in an export file, pull --export."""
     cv2 = pytest.importorskip("cv2")
     if not hasattr(cv2, "ximgproc"):
@@ -498,6 +498,13 @@ def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch):
     assert L.main(["pull", "--export", str(tmp_path / "export.json"), *tiny], log=logs.append) == 2  # nothing pending
     other = [x if x != "4" else "5" for x in tiny]  # budget and width 5: not the configuration of the state
     assert other != tiny and L.main(["status", *other], log=logs.append) == 2
+    threads = [x if x != "1" else "2" for x in tiny]  # --threads and --outline are fixed for a run too
+    assert L.main(["status", *threads], log=logs.append) == 2
+    assert L.main(["status", "--outline", *tiny], log=logs.append) == 2
+    assert L.main(["status", *tiny], log=logs.append) == 0
+    capsys.readouterr()
+    assert L.main(["push", "--files-only", *tiny[:2], "--strategy", "foo"], log=logs.append) == 2
+    assert "error: unknown strategy 'foo'" in capsys.readouterr().err
     assert L.main(["status", "--restart", *other], log=logs.append) == 0 and logs[-1] == "null"  # a new run
 
 

@@ -317,3 +317,11 @@ def test_the_head_init_does_not_depend_on_whether_the_frozen_encoder_was_built(m
     assert first.keys() == again.keys()
     for k in first:
         assert torch.equal(first[k], again[k]), k
+
+
+def test_study_refuses_a_budget_below_one(capsys):
+    from examples.study import main
+
+    for budget in ("0", "-3"):
+        assert main(["--reduced", "--budget", budget, "--out", "unused"]) == 2
+        assert f"error: --budget must be at least 1, got {budget}" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import oreal
-from oreal.stream import StreamingSelector
+from oreal.stream import StreamingSelector, streamable
 
 NUM_CLASSES, SIZE, GRID = 6, 32, 4  # 6 classes, 32x32 images, 4x4 grid superpixels of 8x8 pixels
 S = GRID * GRID
@@ -69,6 +69,13 @@ def main() -> None:
     parser.add_argument("--distributed", action="store_true", help="run under torchrun; each rank scores a shard")
     parser.add_argument("--check", type=int, default=None, help="1/0: compare with the in-memory selection")
     args = parser.parse_args()
+    if args.pool < 1 or args.batch_size < 1 or args.budget < 0:
+        parser.error(f"--pool and --batch-size must be at least 1 and --budget at least 0, got {args.pool}, "
+                     f"{args.batch_size} and {args.budget}")
+    fed = sorted(n for n in streamable() if "mc_probs" not in oreal.strategies.requirements(n)["inputs"])
+    if args.strategy not in fed:
+        parser.error(f"--strategy {args.strategy!r}: this example feeds probs, logits and images, so it takes one of "
+                     f"{fed} (MC-dropout strategies: oreal.pool.score_pool with mc_samples)")
 
     rank, world = 0, 1
     device = torch.device(args.device)
@@ -101,7 +108,10 @@ def main() -> None:
                 selector.update(probs=logits.softmax(1), logits=logits, images=batch["image"].to(device),
                                 sp_map=batch["sp_map"].to(device), exclude=batch["labeled"].to(device),
                                 image_ids=batch["index"])
-    sel = selector.compute()  # the same on every rank
+    try:
+        sel = selector.compute()  # the same on every rank
+    except ValueError as e:  # e.g. a budget above the pool's candidates
+        parser.error(str(e))
 
     if rank == 0:
         print(f"{args.strategy}: {args.budget} superpixels from a pool of {len(pool)} images "
@@ -111,7 +121,10 @@ def main() -> None:
             print(f"{i:4d}  {img:5d}  {sp:10d}  {cls:5d}  {score:.5f}")
 
     check = args.check if args.check is not None else int(len(pool) <= 400)
-    if check and rank == 0 and args.strategy not in ("random", "pixelbal"):
+    if check and rank == 0 and args.strategy == "random":
+        print("not compared with the in-memory selection: the stream ranks by keyed draws (the same for any "
+              "batching), query by its generator")
+    elif check and rank == 0:
         items = [pool[i] for i in range(len(pool))]
         with torch.no_grad():
             logits = model(torch.stack([it["image"] for it in items]).to(device))

@@ -217,6 +217,8 @@ def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(
                     raise DataError(f"image {x!r} is listed in {seen[x]} and in {f.name}: the splits must not "
                                     f"overlap (and a name is listed once)")
                 seen[x] = f.name
+            if not lst:
+                raise DataError(f"{f} lists no images: every split needs at least one")
             parts.append(lst)
     else:
         if len(names) < 3:
@@ -235,6 +237,10 @@ def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(
         for s in lst:
             ims.append(_imread_rgb(stems[s], size))
             lab = _imread_label(root / "labels" / f"{s}.png", size)
+            if lab.shape != ims[-1].shape[:2]:
+                raise DataError(f"{root / 'labels' / (s + '.png')} is {lab.shape[0]}x{lab.shape[1]} but its image "
+                                f"{stems[s].name} is {ims[-1].shape[0]}x{ims[-1].shape[1]}: a label map must have "
+                                f"its image's size")
             ign = lab == ignore_index
             bad = ~ign & ((lab < 0) | (lab >= len(classes)))
             if bad.any():

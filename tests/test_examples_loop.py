@@ -101,6 +101,12 @@ def test_folder_loader_matches_the_files(tmp_path):
     _write_png(tmp_path / "labels" / "im3.png", labs[3])
     with pytest.raises(D.DataError, match=r"\[7\]"):
         D.load_folder(tmp_path)
+    _write_png(tmp_path / "labels" / "im3.png", labs[3, :11])  # a label map of another size than its image
+    with pytest.raises(D.DataError, match=r"labels/im3.png is 11x10 but its image im3.png is 12x10"):
+        D.load_folder(tmp_path)
+    (tmp_path / "test.txt").write_text("\n")  # an empty split list
+    with pytest.raises(D.DataError, match=r"test.txt lists no images: every split needs at least one"):
+        D.load_folder(tmp_path)
 
 
 def test_folder_loader_clear_errors(tmp_path):

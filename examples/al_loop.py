@@ -1013,7 +1013,7 @@ def build_parser():
     g.add_argument("--cache-dir", help="superpixel cache (default $OREAL_CACHE or ~/.cache/oreal)")
     g = p.add_argument_group("model and training")
     g.add_argument("--model", choices=MODELS, default="small")
-    g.add_argument("--width", type=_pos, default=16, help="channel width of the 'small' model")
+    g.add_argument("--width", type=_pos, help="channel width of the 'small' model (default 16)")
     g.add_argument("--pretrained", action="store_true",
                    help="ImageNet backbone: torchvision models download it; lite0_fpn / lite0_fpn_frozen read it "
                         "offline from the `pretrained` extra (off by default)")
@@ -1086,10 +1086,21 @@ def config_from_args(a):
         raise ValueError(f"--lr must be a finite positive number, got {a.lr}")
     if a.data != "synthetic" and a.root is not None and not Path(a.root).is_dir():
         raise data_mod.DataError(f"--root {a.root} is not a folder")
+    # options that would be recorded in the configuration but change nothing are refused
+    if a.data == "synthetic" and a.root is not None:
+        raise ValueError("--root names the data folder of --data camvid or folder; the synthetic scenes have none")
+    if a.data == "camvid" and a.data_seed != 0:
+        raise ValueError("--data-seed draws the synthetic scenes or the random split of --data folder; CamVid has "
+                         "fixed splits")
+    if a.model != "small" and a.width is not None:
+        raise ValueError(f"--width sets the channel width of --model small, not of {a.model}")
+    if a.pretrained and a.model in ("small", "vit"):
+        raise ValueError(f"--pretrained loads ImageNet weights into the encoder of the torchvision and lite0 "
+                         f"models; --model {a.model} has none")
     tc = asdict(TrainConfig(lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs, patience=a.patience,
                             ema_decay=a.ema_decay, epoch=a.epoch))
     return LoopConfig(data=a.data, root=a.root, size=a.size, limits=a.limits, data_seed=a.data_seed,
-                      sp_method=a.sp_method, sp_count=a.sp_count, model=a.model, width=a.width,
+                      sp_method=a.sp_method, sp_count=a.sp_count, model=a.model, width=a.width or 16,
                       pretrained=a.pretrained, strategies=specs, seeds=tuple(a.seeds), rounds=a.rounds,
                       budget=a.budget, mc_samples=a.mc_samples, full_supervision=not a.no_full, train=tc,
                       threads=a.threads, unit=a.unit, labels=a.labels, weak_min_share=a.weak_min_share,

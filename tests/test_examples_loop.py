@@ -360,6 +360,14 @@ def test_cli_rejects_bad_input(tmp_path):
     assert p.returncode == 2 and "nowhere" in p.stderr
     p = _run_cli(["--strategies", "random:max"], tmp_path, timeout=60)
     assert p.returncode == 2 and "no aggregation" in p.stderr
+    for args, message in [(["--root", str(tmp_path)], "the synthetic scenes have none"),
+                          (["--data", "camvid", "--root", str(tmp_path), "--data-seed", "7"], "CamVid has fixed splits"),
+                          (["--model", "vit", "--width", "8"], "--width sets the channel width of --model small"),
+                          (["--pretrained"], "--model small has none"),
+                          (["--model", "vit", "--pretrained"], "--model vit has none")]:
+        p = _run_cli(args + ["--out", str(tmp_path / "ignored")], tmp_path, timeout=60)
+        assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
+        assert not (tmp_path / "ignored").exists()
     for lr in ("nan", "inf", "0"):  # refused before anything is written
         p = _run_cli(["--lr", lr, "--out", str(tmp_path / "lr")], tmp_path, timeout=60)
         assert p.returncode == 2 and f"--lr must be a finite positive number, got {float(lr)}" in p.stderr

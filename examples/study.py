@@ -99,8 +99,13 @@ def main(argv=None):
     p.add_argument("--compare", action="append", default=[], metavar="RESULTS_JSON",
                    help="the report adds that run's test mIoU at this run's clicks (repeatable)")
     a, extra = p.parse_known_args(argv)  # the rest goes to examples.al_loop (e.g. --labels weak, --semi plar)
+    problem = None
     if a.budget is not None and a.budget < 1:
-        print(f"error: --budget must be at least 1, got {a.budget}", file=sys.stderr)
+        problem = f"--budget must be at least 1, got {a.budget}"
+    elif a.reduced and (a.root or a.limits):
+        problem = "--reduced runs on synthetic scenes of a fixed size: --root and --limits apply to CamVid only"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if a.reduced:
         a.seeds = "0,1" if a.seeds == "0,1,2,3,4" else a.seeds

@@ -40,7 +40,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from oreal._checks import check_choice, check_int, extremes
+from oreal._checks import check_choice, check_int, check_number, extremes
 from oreal.labels import relabel_superpixels
 
 __all__ = ["METHODS", "compute", "compute_one"]
@@ -86,12 +86,14 @@ def _params(method: str, count: int, iterations: int, options: Dict[str, Any]) -
                          f"{sorted(_OPTIONS[method])}")
     p = dict(_OPTIONS[method], **options)
     if method == "seeds":
+        if not isinstance(p["double_step"], bool):
+            raise TypeError(f"Expected option `double_step` to be True or False, but got "
+                            f"{type(p['double_step']).__name__} {p['double_step']!r}")
         p.update(levels=None if p["levels"] is None else check_int(p["levels"], "levels", minimum=1),
-                 prior=check_int(p["prior"], "prior", minimum=0), bins=check_int(p["bins"], "bins", minimum=1),
-                 double_step=bool(p["double_step"]))
-    else:
+                 prior=check_int(p["prior"], "prior", minimum=0), bins=check_int(p["bins"], "bins", minimum=1))
+    else:  # ruler and compactness > 0, sigma >= 0
         for name in p:
-            p[name] = float(p[name])
+            p[name] = check_number(p[name], name, positive=name != "sigma", kind="option")
     return dict(p, method=method, count=count, iterations=iterations)
 
 

@@ -319,9 +319,12 @@ def test_the_head_init_does_not_depend_on_whether_the_frozen_encoder_was_built(m
         assert torch.equal(first[k], again[k]), k
 
 
-def test_study_refuses_a_budget_below_one(capsys):
+def test_study_refuses_a_budget_below_one_and_options_it_would_ignore(capsys):
     from examples.study import main
 
     for budget in ("0", "-3"):
         assert main(["--reduced", "--budget", budget, "--out", "unused"]) == 2
         assert f"error: --budget must be at least 1, got {budget}" in capsys.readouterr().err
+    for option in (["--root", "somewhere"], ["--limits", "4,2,2"]):  # CamVid's options: ignored by --reduced
+        assert main(["--reduced", *option, "--out", "unused"]) == 2
+        assert "--root and --limits apply to CamVid only" in capsys.readouterr().err

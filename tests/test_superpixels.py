@@ -120,6 +120,12 @@ def test_errors():
         SP.compute(ims, method="seeds", ruler=3)
     with pytest.raises(ValueError, match=r"`count` to be an integer >= 1, but got 0"):
         SP.compute(ims, count=0)
+    with pytest.raises(TypeError, match=r"option `double_step` to be True or False, but got str 'no'"):
+        SP.compute(ims, method="seeds", double_step="no")
+    for method, option, value in [("slic", "ruler", float("nan")), ("slic", "ruler", -1.0),
+                                  ("skimage_slic", "compactness", 0.0), ("skimage_slic", "sigma", -0.5)]:
+        with pytest.raises(ValueError, match=f"option `{option}` to be a finite number"):
+            SP.compute(ims, method=method, **{option: value})
     with pytest.raises(ValueError, match=r"shape \(N, H, W, 3\) \(channels last\)"):
         SP.compute(ims.transpose(0, 3, 1, 2))
     with pytest.raises(ValueError, match=r"Tensor\[N, 3, H, W\] \(channels first\)"):

@@ -850,8 +850,8 @@ def test_folder_reads_the_documented_image_types(tmp_path, ext):
 
 
 def test_different_image_sizes_name_the_size_flag(tmp_path):
-    _folder(tmp_path, ["a", "b", "c"], size=[(12, 10), (12, 10), (14, 10)])
-    for s, n in (("train", "a\nb\nc"), ("val", ""), ("test", "")):
+    _folder(tmp_path, ["a", "b", "c", "d"], size=[(12, 10), (12, 10), (14, 10), (12, 10)])
+    for s, n in (("train", "a\nc"), ("val", "b"), ("test", "d")):
         (tmp_path / f"{s}.txt").write_text(n)
     with pytest.raises(D.DataError, match="--size HxW"):
         D.load_folder(tmp_path)

@@ -169,8 +169,7 @@ def load_folder(root, *, size=None, limits=(None, None, None), split_fractions=(
     ``labels/NAME.png`` (single-channel class ids) and ``classes.txt`` (one class name per line, in id order).
     Optional ``train.txt``, ``val.txt`` and ``test.txt`` (all three or none) list image names, one per line,
     written without extension (``im0``, not ``im0.png``), at least one each; an image may be in at most one split.
-    Without them
-    the images are split at random with ``seed`` in ``split_fractions``. Label values equal to
+    Without them the images are split at random with ``seed`` in ``split_fractions``. Label values equal to
     ``ignore_index`` are ignored; any other value outside ``[0, C)`` is an error.
     """
     root = Path(root)

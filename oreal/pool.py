@@ -70,8 +70,9 @@ def _dropouts(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
 
 
-def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclude: Optional[Tensor] = None,
-               device: Union[str, torch.device, None] = None, mc_samples: Optional[int] = None, seed: int = 0,
+def score_pool(model: nn.Module, loader: Iterable[Any], selector: StreamingSelector, *,
+               exclude: Optional[Tensor] = None, device: Union[str, torch.device, None] = None,
+               mc_samples: Optional[int] = None, seed: int = 0,
                forward: Optional[Callable[[nn.Module, Tensor], Tensor]] = None,
                allow_partial: bool = False) -> Selection:
     """Score every batch of ``loader`` with ``model``, feed ``selector``, and return ``selector.compute()``.
@@ -193,8 +194,8 @@ def score_pool(model: nn.Module, loader: Iterable[Any], selector: Any, *, exclud
     return selector.compute(allow_partial=allow_partial)
 
 
-def _update(model: nn.Module, selector: Any, batch: Any, needs: set, mc_samples: Optional[int], mc_seed: int,
-            exclude: Optional[Tensor], device: torch.device,
+def _update(model: nn.Module, selector: StreamingSelector, batch: Any, needs: set, mc_samples: Optional[int],
+            mc_seed: int, exclude: Optional[Tensor], device: torch.device,
             forward: Optional[Callable[[nn.Module, Tensor], Tensor]]) -> None:
     image, sp_map, index, colours = _unpack(batch)
     image, sp_map = image.to(device, non_blocking=True), sp_map.to(device, non_blocking=True)

@@ -183,9 +183,8 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     gradient. Pixels with ``sp_map == -1`` and superpixels with an empty row in ``weak`` take no part.
     Computed in log space, ``-ln sum_{c in Y} q_c = logsumexp_c(z_c / T) - logsumexp_{c in Y}(z_c / T)`` and
     ``ln q = log_softmax(z / T)``, so it stays finite wherever ``z / T`` is (``validate_args`` checks that it does
-    not overflow). The maxima over
-    superpixels are one ``scatter_reduce`` per class plane; on ties the gradient is split evenly
-    among the tied pixels (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may
+    not overflow). The maxima over superpixels are one ``scatter_reduce`` per class plane; on ties the gradient is
+    split evenly among the tied pixels (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may
     differ between calls in the last bits (``scatter_add``).
 
     Args:

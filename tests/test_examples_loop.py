@@ -361,7 +361,8 @@ def test_cli_rejects_bad_input(tmp_path):
     p = _run_cli(["--strategies", "random:max"], tmp_path, timeout=60)
     assert p.returncode == 2 and "no aggregation" in p.stderr
     for args, message in [(["--root", str(tmp_path)], "the synthetic scenes have none"),
-                          (["--data", "camvid", "--root", str(tmp_path), "--data-seed", "7"], "CamVid has fixed splits"),
+                          (["--data", "camvid", "--root", str(tmp_path), "--data-seed", "7"],
+                           "CamVid has fixed splits"),
                           (["--model", "vit", "--width", "8"], "--width sets the channel width of --model small"),
                           (["--pretrained"], "--model small has none"),
                           (["--model", "vit", "--pretrained"], "--model vit has none")]:

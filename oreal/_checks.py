@@ -125,6 +125,13 @@ def check_int(x: object, name: str, *, minimum: int = 0) -> int:
     return int(x)
 
 
+def check_flag(x: object, name: str) -> bool:
+    """``True`` or ``False``: a truthy stand-in (``"no"``, ``1``) is refused rather than read as a switch."""
+    if not isinstance(x, bool):
+        raise TypeError(f"Expected argument `{name}` to be True or False, but got {type(x).__name__} {x!r}")
+    return x
+
+
 def check_ignore_index(ignore_index: object, num_classes: int) -> int:
     """``ignore_index`` must be an integer (int64) outside the class ids ``[0, C)``: inside, it would silently drop
     a class."""
@@ -141,7 +148,7 @@ def check_number(x: object, name: str, *, positive: bool, kind: str = "argument"
     """A plain finite number, ``> 0`` (``positive``) or ``>= 0``; ``TypeError`` for anything that is not a number.
     ``kind`` names what is checked in the message (``"argument"`` or ``"option"``); ``none_ok`` only rewords the
     type error (the caller skips ``None``)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):  # numpy scalars too
         none = " or None" if none_ok else ""
         raise TypeError(f"Expected {kind} `{name}` to be a number{none}, but got {type(x).__name__} {x!r}")
     if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
@@ -265,6 +272,7 @@ def validate_ids(x: Tensor, name: str, low: int, high: int, what: str, extra: Op
     lo, hi = extremes(x)
     if int(lo) >= lo_ok and int(hi) < hi_ok:
         return
+    x = x.long()  # compared with Python ints in int64: uint8 would wrap an `extra` of -1 to 255
     bad = (x < low) | (x >= high)
     if extra is not None:
         bad &= x != extra

@@ -15,6 +15,7 @@ development machine ``2^12`` and ``2^16`` ran within 25% of the default ``2^14``
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterator, NamedTuple, Optional, Tuple
 
 import torch
@@ -65,7 +66,7 @@ def check_fraction(x: object, name: str, *, allow_none: bool = False) -> Optiona
     if x is None and allow_none:
         return None
     what = "None or a number" if allow_none else "a number"
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):  # numpy scalars too
         raise TypeError(f"Expected argument `{name}` to be {what} in [0, 1], but got {type(x).__name__} {x!r}")
     if not 0.0 <= x <= 1.0:  # NaN fails this too
         raise ValueError(f"Expected argument `{name}` to be {what} in [0, 1], but got {x!r}")

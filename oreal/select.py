@@ -15,6 +15,7 @@ from oreal._checks import (
     ProbabilityCheck,
     check_bool_tensor,
     check_choice,
+    check_flag,
     check_float,
     check_int,
     check_int_tensor,
@@ -87,6 +88,7 @@ def _nonempty_candidates(counts: Tensor, exclude: Optional[Tensor]) -> Tensor:
 
 def _available_count(cand: Tensor, budget: int, allow_partial: bool) -> int:
     """Number of picks to return; the one host sync of a selection (its output size depends on it)."""
+    check_flag(allow_partial, "allow_partial")
     check_real(cand, "candidates")
     available = int(cand.sum())
     if available >= budget:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from oreal._checks import (
     check_bool_tensor,
+    check_flag,
     check_float,
     check_ignore_index,
     check_int,
@@ -423,6 +424,7 @@ def query_undecided(name: str, *, fraction: Tensor, min_fraction: float = 0.5, b
         ([1, 3], 3)
     """
     min_fraction = check_fraction(min_fraction, "min_fraction")
+    check_flag(allow_partial, "allow_partial")
     if strategies.requirements(name)["pixels"]:
         raise ValueError(f"Expected a superpixel strategy, but got the pixel-level {name!r} (its units are pixels, "
                          f"not the superpixels of `fraction`)")

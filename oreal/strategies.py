@@ -31,6 +31,7 @@ from torch import Tensor
 
 from oreal._checks import (
     check_bool_tensor,
+    check_flag,
     check_float,
     check_images,
     check_int,
@@ -971,7 +972,7 @@ def query(name: str, *, sp_map: Tensor, num_superpixels: int, budget: int, probs
 
     check_real(sp_map, "sp_map")
     pool = _Pool(sp_map, num_superpixels, budget, probs, logits, mc_probs, images, labeled_counts, exclude,
-                 generator, bool(allow_partial))
+                 generator, check_flag(allow_partial, "allow_partial"))
     if sp_map.numel() == 0:  # an empty pool (N = 0 or H * W = 0): no candidates, nothing to score
         _check_class_mask(opts.get("class_mask"), pool)
         main = next((given[k] for k in ("probs", "logits", "mc_probs") if k in use), None)

@@ -70,6 +70,7 @@ from oreal.strategies import (
 from oreal._checks import (
     check_bool_tensor,
     check_choice,
+    check_flag,
     check_int,
     check_int_tensor,
     check_real,
@@ -627,6 +628,7 @@ class StreamingSelector:
             on the batches' device. Raises the same ``ValueError`` when the pool has fewer candidates than the
             budget, unless ``allow_partial=True``.
         """
+        check_flag(allow_partial, "allow_partial")
         if self.num_passes == 2 and self.pass_index == 0:
             raise RuntimeError(f"Strategy {self.strategy!r} needs two passes over the pool: call next_pass() after "
                                f"the first and update() with the same images again before compute()")

@@ -205,3 +205,55 @@ def test_metric_counts_are_checked():
         oreal.miou_from_confusion(torch.tensor([[1, -1], [-1, 1]]))
     # the unchecked call computes what the counts say
     assert float(oreal.miou_from_confusion(torch.tensor([[1, -1], [-1, 1]]), validate_args=False)) == -1.0
+
+
+def test_allow_partial_must_be_a_bool():
+    """A truthy stand-in ("no", 1) would silently return fewer picks than the budget."""
+    from oreal import semi
+    from oreal.stream import StreamingSelector
+
+    args = good()
+    probs, sp = args["probs"], args["sp_map"]
+    stream = StreamingSelector("entropy", num_superpixels=S, budget=3)
+    stream.update(probs=probs, sp_map=sp, image_ids=[0, 1])
+    calls = [lambda flag: oreal.select(**args, allow_partial=flag),
+             lambda flag: oreal.topk(torch.rand(4), 2, candidates=torch.ones(4, dtype=torch.bool), allow_partial=flag),
+             lambda flag: oreal.strategies.query("entropy", probs=probs, sp_map=sp, num_superpixels=S, budget=3,
+                                                 allow_partial=flag),
+             lambda flag: stream.compute(allow_partial=flag),
+             lambda flag: semi.query_undecided("entropy", fraction=torch.ones(N, S), probs=probs, sp_map=sp,
+                                               num_superpixels=S, budget=3, allow_partial=flag)]
+    for call in calls:
+        for bad in ("no", 1, None):
+            with pytest.raises(TypeError, match=f"`allow_partial` to be True or False, but got {type(bad).__name__}"):
+                call(bad)
+        assert len(call(False)[0]) == len(call(True)[0])  # enough candidates: the flag changes nothing here
+
+
+def test_uint8_labels_are_checked_against_a_negative_ignore_index():
+    """255 in uint8 labels is not the ignore index -1 (uint8 comparisons would wrap -1 to 255)."""
+    labels = torch.tensor([[[0, 1], [255, 1]]], dtype=torch.uint8)
+    sp = torch.zeros(1, 2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"class ids in \[0, 3\) or -1, but found 255.*ignore_index=255"):
+        oreal.superpixel_label_counts(labels, sp, 1, 3, ignore_index=-1)
+    assert oreal.superpixel_label_counts(labels, sp, 1, 3, ignore_index=255).tolist() == [[[1, 2, 0]]]
+
+
+def test_numpy_scalars_are_numbers():
+    """Options and fractions computed with numpy (np.float32, np.int64) are taken like Python numbers."""
+    import numpy as np
+
+    from oreal import weak
+
+    args = good()
+    pool = dict(probs=args["probs"], sp_map=args["sp_map"], num_superpixels=S, budget=3,
+                labeled_counts=args["labeled_counts"])
+    want = oreal.strategies.query("cbal", lam=0.5, **pool)
+    for lam in (np.float32(0.5), np.float64(0.5)):
+        got = oreal.strategies.query("cbal", lam=lam, **pool)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    labels = torch.tensor([[[0] * 93 + [1] * 7]])
+    sp = torch.zeros(1, 1, 100, dtype=torch.long)
+    assert weak.weak_labels(labels, sp, 1, 2, min_share=np.float64(0.07)).tolist() == [[[True, True]]]
+    with pytest.raises(TypeError, match="`lam` to be a number, but got Tensor"):
+        oreal.strategies.query("cbal", lam=torch.tensor(0.5), **pool)

@@ -14,6 +14,8 @@ Features may be far larger than the label map's class scores: every pass reads t
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -206,13 +208,17 @@ def pseudo_labels(probs: Tensor, labels: Optional[Tensor] = None, *, threshold: 
 
 
 def _lower_quantile(values: Tensor, groups: Tensor, num_groups: int, q: float) -> Tensor:
-    """Per group, the ``ceil(q * n)``-th smallest value (at least the first); ``inf`` for an empty group."""
+    """Per group, the ``ceil(q * n)``-th smallest value (at least the first); ``inf`` for an empty group. The
+    product is exact for ``q`` as written, its shortest decimal (``repr``): 0.07 of 100 values is the 7th, where
+    the float product ``0.07 * 100`` rounds up to ``7.000000000000001`` and would take the 8th."""
     order = values.sort(stable=True).indices
     order = order[groups[order].sort(stable=True).indices]  # by group, ascending values within a group
     counts = torch.zeros(num_groups, dtype=torch.long, device=values.device)
     counts.index_add_(0, groups, torch.ones_like(groups))
     start = counts.cumsum(0) - counts
-    rank = torch.ceil(q * counts.double()).long().clamp(min=1) - 1
+    exact = Fraction(repr(float(q)))  # integer ceilings on the host, one per group
+    rank = torch.tensor([max(math.ceil(exact * n), 1) - 1 for n in counts.tolist()], dtype=torch.long,
+                        device=values.device)
     pick = (start + torch.minimum(rank, (counts - 1).clamp_min(0))).clamp_max(max(values.numel() - 1, 0))
     sorted_values = values[order] if values.numel() else values.new_zeros(1)
     return torch.where(counts > 0, sorted_values[pick], float("inf"))
@@ -227,7 +233,8 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
     (``-inf`` for a class without labeled pixels):
 
     - thresholds: ``tau_c`` = the lower ``quantile`` (the median by default) of ``s_c(x)`` over the labeled pixels
-      of class ``c``: the ``ceil(quantile * n_c)``-th smallest (at least the first); ``inf`` when ``n_c = 0``;
+      of class ``c``: the ``ceil(quantile * n_c)``-th smallest (at least the first; the product exact for
+      ``quantile`` as written, so 0.07 of 100 is the 7th); ``inf`` when ``n_c = 0``;
     - for an unlabeled pixel, pseudo label ``y = argmax_c p_c(x)`` and nearest prototype ``k = argmax_c s_c(x)``
       (ties to the lower class); ``A = s_y(x) >= tau_y`` (the pseudo label is as typical of its class as
       the class's own median labeled pixel), ``B = s_k(x) >= tau_k``;

@@ -1,6 +1,7 @@
 """oreal.semi against slow loops written from SPEC §5 and docs/semi.md, plus blocking and properties."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def ref_refine(features, probs, labels, ignore_index=255, quantile=0.5, trust=No
     tau = []
     for k in range(c):
         vals = sorted(own[k])
-        tau.append(vals[max(math.ceil(quantile * len(vals)), 1) - 1] if vals else math.inf)
+        tau.append(vals[max(math.ceil(Fraction(repr(quantile)) * len(vals)), 1) - 1] if vals else math.inf)
     out = labels.clone().long()
     undecided = torch.zeros(n, h, w, dtype=torch.bool)
     corrected = torch.zeros(n, h, w, dtype=torch.bool)
@@ -395,3 +396,15 @@ def test_devices_agree(device):
     frac = P.undecided_fraction(out.undecided, sp.to(device), 4)
     torch.testing.assert_close(frac.cpu(), P.undecided_fraction(cpu.undecided, sp, 4))
     assert torch.equal(P.pseudo_labels(probs.to(device)).labels.cpu(), P.pseudo_labels(probs).labels)
+
+
+@pytest.mark.parametrize("q, n, k", [(0.07, 100, 7), (0.7, 10, 7), (0.5, 9, 5), (0.0, 4, 1), (1.0, 4, 4),
+                                     (0.1 + 0.2, 10, 4)])  # 0.1 + 0.2 is 0.30000000000000004: above 3 of 10
+def test_lower_quantile_takes_the_exact_ceiling(q, n, k):
+    """The ceil(q * n)-th smallest with q as written (its shortest decimal): 0.07 of 100 values is the 7th, although
+    the float product 0.07 * 100 rounds up to 7.000000000000001."""
+    from oreal.semi import _lower_quantile
+
+    values = torch.arange(n, 0, -1, dtype=torch.float64)  # n, ..., 1: the k-th smallest is k
+    got = _lower_quantile(values, torch.zeros(n, dtype=torch.long), 2, q)
+    assert got.tolist() == [float(k), math.inf]

@@ -202,10 +202,10 @@ def coco_rle(mask: Tensor, *, compressed: bool = True) -> Dict[str, Any]:
     """COCO run-length encoding of a binary mask, as ``pycocotools.mask.encode`` writes it.
 
     Pixels are read in column-major (Fortran) order; ``counts`` alternates runs of ``0`` and ``1`` starting with
-    ``0`` (a leading run of length 0 when the first pixel is set). ``compressed=True`` gives the compact string
-    form of COCO's ``maskApi.c`` (each count, after the third minus the count two before, in 5-bit groups with
-    a continuation bit, offset by 48 into printable ASCII); ``False`` the uncompressed list of counts, as
-    COCO's ``iscrowd`` annotations store it.
+    ``0`` (a leading run of length 0 when the first pixel is set, and ``[0]`` for a mask without pixels).
+    ``compressed=True`` gives the compact string form of COCO's ``maskApi.c`` (each count, after the third minus
+    the count two before, in 5-bit groups with a continuation bit, offset by 48 into printable ASCII); ``False``
+    the uncompressed list of counts, as COCO's ``iscrowd`` annotations store it.
 
     Args:
         mask (Tensor[H, W], bool): the region.
@@ -221,7 +221,9 @@ def coco_rle(mask: Tensor, *, compressed: bool = True) -> Dict[str, Any]:
     """
     mask = _check_mask(mask)
     values, lengths = _runs(mask.t().reshape(-1).cpu())
-    counts = ([0] if values and values[0] else []) + lengths
+    # a leading run of 0s of length 0 where the first pixel is set, and for an empty mask (maskApi.c's rleEncode
+    # writes the open run: [0])
+    counts = ([0] if not values or values[0] else []) + lengths
     if not compressed:
         return {"size": list(mask.shape), "counts": counts}
     out = []

@@ -165,6 +165,14 @@ def test_coco_rle_matches_pycocotools(mask):
     assert (cocomask.decode({"size": ref["size"], "counts": coco_rle(mask)["counts"].encode()}) == mask.numpy()).all()
 
 
+@pytest.mark.parametrize("shape", [(0, 0), (0, 3), (3, 0)])
+def test_coco_rle_of_a_mask_without_pixels(shape):
+    """maskApi.c's rleEncode writes its open run of zeros, of length 0: counts [0], the string "0"."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    assert coco_rle(mask, compressed=False) == {"size": list(shape), "counts": [0]}
+    assert coco_rle(mask) == {"size": list(shape), "counts": "0"}
+
+
 def test_coco_rle_long_runs_and_first_pixel_set():
     mask = torch.zeros(300, 200, dtype=torch.bool)
     mask[:, 150:] = True

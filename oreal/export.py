@@ -30,7 +30,15 @@ from xml.sax.saxutils import quoteattr
 import torch
 from torch import Tensor
 
-from oreal._checks import check_bool_tensor, check_choice, check_int, check_int_tensor, check_shape, check_tensor
+from oreal._checks import (
+    check_bool_tensor,
+    check_choice,
+    check_int,
+    check_int_tensor,
+    check_shape,
+    check_tensor,
+    validate_ids,
+)
 from oreal.aggregate import check_sp_map
 from oreal.labels import region_masks
 
@@ -493,6 +501,8 @@ def read_answers(export: Any, selection: Any, class_names: Sequence[str], *, num
             raise TypeError(f"Expected argument `labels` to have dtype {want} ({'weak' if weak else 'dominant'} "
                             f"labels), but got {labels.dtype}")
         check_shape(labels, "labels", shape, "= (N, S, C)" if weak else "= (N, S)")
+        if not weak:
+            validate_ids(labels, "labels", 0, c, "class ids", extra=-1)
     labels = labels.detach().cpu().clone()
     if labeled is None:
         labeled = labels.any(-1) if weak else labels >= 0

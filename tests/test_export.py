@@ -424,6 +424,8 @@ def test_read_answers_errors(name, export, kw, msg):
 @pytest.mark.parametrize("kw, err, msg", [
     (dict(export={"a": 1}), TypeError, "list of tasks"),
     (dict(labels=torch.zeros(2, 3)), TypeError, "torch.int64"),
+    (dict(labels=torch.tensor([[-1, 7, -1], [-1, -1, -1]])), ValueError,
+     r"`labels` to hold class ids in \[0, 3\) or -1, but found 7"),
     (dict(labels=torch.zeros(2, 4, dtype=torch.long)), ValueError, r"\(2, 3\)"),
     (dict(labeled=torch.zeros(2, 3)), TypeError, "torch.bool"),
     (dict(num_images=0), ValueError, "`num_images`"),

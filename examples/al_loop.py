@@ -1077,6 +1077,15 @@ def config_from_args(a):
     if len(set(specs)) != len(specs):
         raise ValueError(f"--strategies lists a strategy twice: {a.strategies!r}")
     check_strategies(specs)
+    same = {}  # "oreal" and "oreal:max" are one strategy: the default aggregation is the first it takes
+    for s in specs:
+        name, agg = parse_strategy(s)
+        aggs = oreal.strategies.requirements(name)["aggregations"]
+        key = (name, agg or (aggs[0] if aggs else None))
+        if key in same:
+            raise ValueError(f"--strategies lists {same[key]!r} and {s!r}, the same strategy ({name}'s default "
+                             f"aggregation is {key[1]})")
+        same[key] = s
     check_scheme(argparse.Namespace(strategies=specs, **{k: getattr(a, k) for k in SCHEME_DEFAULTS}))
     if len(set(a.seeds)) != len(a.seeds):
         raise ValueError(f"--seeds lists a seed twice: {a.seeds}")

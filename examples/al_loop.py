@@ -1086,6 +1086,9 @@ def config_from_args(a):
             raise ValueError(f"--strategies lists {same[key]!r} and {s!r}, the same strategy ({name}'s default "
                              f"aggregation is {key[1]})")
         same[key] = s
+        if _needs_mc(name) and a.mc_samples < 2:
+            raise ValueError(f"{s} measures disagreement between MC-dropout samples: --mc-samples must be at least 2, "
+                             f"got {a.mc_samples}")
     check_scheme(argparse.Namespace(strategies=specs, **{k: getattr(a, k) for k in SCHEME_DEFAULTS}))
     if len(set(a.seeds)) != len(a.seeds):
         raise ValueError(f"--seeds lists a seed twice: {a.seeds}")

@@ -369,6 +369,8 @@ def test_cli_rejects_bad_input(tmp_path):
         p = _run_cli(args + ["--out", str(tmp_path / "ignored")], tmp_path, timeout=60)
         assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
         assert not (tmp_path / "ignored").exists()
+    p = _run_cli(["--strategies", "random,bald:max", "--mc-samples", "1"], tmp_path, timeout=60)
+    assert p.returncode == 2 and "bald:max measures disagreement between MC-dropout samples" in p.stderr
     p = _run_cli(["--strategies", "oreal,entropy,oreal:max"], tmp_path, timeout=60)
     assert p.returncode == 2 and "lists 'oreal' and 'oreal:max', the same strategy" in p.stderr
     for lr in ("nan", "inf", "0"):  # refused before anything is written

@@ -1146,6 +1146,8 @@ def main(argv=None):
         cfg = config_from_args(a)
         check_dependencies(cfg, plots=not a.no_plots, progress=not a.no_progress)
         show = None if not a.picks else [x.strip() for x in a.picks.split(",") if x.strip()]
+        if show and a.no_plots:
+            raise ValueError("--picks chooses the strategies of picks.png, which --no-plots does not draw")
         if show and [x for x in show if x not in cfg.strategies]:
             raise ValueError(f"--picks names strategies that are not in --strategies: "
                              f"{[x for x in show if x not in cfg.strategies]}")
@@ -1158,6 +1160,9 @@ def main(argv=None):
     except OSError as e:  # unwritable --out, full disk, ...
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every finished round is saved
+        print(f"interrupted: run the same command to resume from the saved rounds in {a.out}", file=sys.stderr)
+        return 130
     print(format_table(results))
     if not a.no_plots:
         from .plots import plot_curves, plot_picks

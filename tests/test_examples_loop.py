@@ -315,6 +315,22 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    """SIGINT mid-run (Ctrl-C): exit code 130 and a line on resuming, not a traceback."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "examples.al_loop", *TINY, "--out", str(out), "--no-plots"],
+                            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    t0 = time.time()
+    while proc.poll() is None and not (out / "state" / "random__seed0.pt").exists() and time.time() - t0 < 120:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert f"interrupted: run the same command to resume from the saved rounds in {out}" in err
+
+
 def test_refused_restart_deletes_nothing(tmp_path):
     """--restart while another run holds the folder's lock: refused, and that run's files are left alone."""
     out = tmp_path / "run"
@@ -369,6 +385,8 @@ def test_cli_rejects_bad_input(tmp_path):
         p = _run_cli(args + ["--out", str(tmp_path / "ignored")], tmp_path, timeout=60)
         assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
         assert not (tmp_path / "ignored").exists()
+    p = _run_cli(["--picks", "random", "--no-plots"], tmp_path, timeout=60)
+    assert p.returncode == 2 and "--picks chooses the strategies of picks.png" in p.stderr
     p = _run_cli(["--strategies", "random,bald:max", "--mc-samples", "1"], tmp_path, timeout=60)
     assert p.returncode == 2 and "bald:max measures disagreement between MC-dropout samples" in p.stderr
     p = _run_cli(["--strategies", "oreal,entropy,oreal:max"], tmp_path, timeout=60)

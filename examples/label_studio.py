@@ -35,7 +35,7 @@ from oreal import export as ox
 from oreal.labels import region_masks
 
 from .al_loop import (Experiment, LoopConfig, StateError, _needs_mc, _sub_seed, atomic_write_bytes, check_strategies,
-                      load_state, parse_strategy, save_state, write_json)
+                      load_state, lock_folder, parse_strategy, save_state, write_json)
 from .data import DataError
 from .train import TrainConfig, predict_logits, predict_mc
 
@@ -358,8 +358,12 @@ def build_parser():
 def main(argv=None, log=print):
     a = build_parser().parse_args(argv)
     torch.set_num_threads(a.threads)
+    lock = None
     try:
         exp = Experiment(_cfg(a), Path(a.out), progress=False, log=log)
+        if a.command != "status" or a.restart:  # one writer per folder: two pushes would make two projects
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            lock = lock_folder(Path(a.out))
         if a.restart:
             (Path(a.out) / "state.pt").unlink(missing_ok=True)
         if a.command == "status":
@@ -384,6 +388,9 @@ def main(argv=None, log=print):
     except (StateError, ServerError, ox.AnswerError, DataError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if lock is not None:
+            lock.close()
     return 0
 
 

@@ -515,6 +515,14 @@ def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert L.main(["push", "--files-only", *tiny[:2], "--strategy", "foo"], log=logs.append) == 2
     assert "error: unknown strategy 'foo'" in capsys.readouterr().err
+    from examples.al_loop import lock_folder
+    holder = lock_folder(tmp_path / "run")  # another command working in the folder: writers wait their turn
+    try:
+        assert L.main(["train", *tiny], log=logs.append) == 2
+        assert "another run is using the output folder" in capsys.readouterr().err
+        assert L.main(["status", *tiny], log=logs.append) == 0  # reading needs no lock
+    finally:
+        holder.close()
     assert L.main(["status", "--restart", *other], log=logs.append) == 0 and logs[-1] == "null"  # a new run
 
 

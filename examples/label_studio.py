@@ -99,6 +99,9 @@ class LabelStudio:
         out, page = [], 1
         while True:
             got = self._call("GET", f"/api/tasks/?project={int(pid)}&page={page}&page_size=100")
+            if not (isinstance(got, dict) and isinstance(got.get("tasks"), list) and isinstance(got.get("total"), int)):
+                raise ServerError(f"GET /api/tasks/ of project {pid}: expected an object with 'tasks' (a list) and "
+                                  f"'total' (an integer), but got {str(got)[:200]}")
             out += got["tasks"]
             if len(out) >= got["total"] or not got["tasks"]:
                 return out

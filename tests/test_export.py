@@ -605,3 +605,18 @@ def test_import_oreal_is_enough_for_oreal_export():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env=dict(os.environ, PYTHONPATH=root))
     assert out.returncode == 0 and out.stdout.strip() == "tasks", out.stderr
+
+
+def test_label_studio_client_names_a_malformed_task_list(monkeypatch):
+    """A task page that is not {"tasks": [...], "total": n} (a proxy's error page, another API version) is a
+    ServerError that quotes it, not a KeyError or TypeError."""
+    from examples.label_studio import LabelStudio, ServerError
+
+    client = LabelStudio("http://127.0.0.1:9", "token")
+    for answer in ([], {"tasks": []}, {"tasks": None, "total": 0}, {"detail": "Not found."}):
+        monkeypatch.setattr(client, "_call", lambda *args, answer=answer, **kw: answer)
+        with pytest.raises(ServerError, match="expected an object with 'tasks' \\(a list\\) and 'total'"):
+            client.tasks(1)
+    pages = iter([{"tasks": [{"id": 1}], "total": 2}, {"tasks": [{"id": 2}], "total": 2}])
+    monkeypatch.setattr(client, "_call", lambda *args, **kw: next(pages))
+    assert client.tasks(1) == [{"id": 1}, {"id": 2}]

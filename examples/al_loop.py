@@ -616,7 +616,7 @@ class Experiment:
                    "pool_units": int((oreal.superpixel_counts(self.sp_map, self.S) > 0).sum()), "runs": {}}
         if self.cfg.full_supervision:
             st = self.full()
-            results["full_miou"] = st["history"][0]["test_miou"]
+            results["full_miou"], results["full_seed"] = st["history"][0]["test_miou"], FULL_SEED
             bar.note(f"full supervision: test mIoU {results['full_miou']:.3f}")
         for seed in self.cfg.seeds:
             init = self.round0(seed)
@@ -893,7 +893,8 @@ def format_table(results):
             row.append(f"{100 * e['aualc_mean']:.1f} ± {100 * e['aualc_std']:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     if results.get("full_miou") is not None:
-        lines.append(f"\nFull supervision (all pool pixels, seed {results['seeds'][0]}): "
+        seed = results.get("full_seed", results["seeds"][0])  # files written before FULL_SEED: the first seed
+        lines.append(f"\nFull supervision (all pool pixels, seed {seed}): "
                      f"mIoU {100 * results['full_miou']:.1f}")
     lines += _scheme_tables(results, summ, clicks)
     lines += [f"\nWARNING: {w}" for w in results.get("warnings", [])]

@@ -585,11 +585,13 @@ def test_worker_processes_give_the_same_runs_as_one_process(tmp_path):
     res = {}
     for jobs in (1, 2):
         out = tmp_path / f"jobs{jobs}"
-        p = _run_cli(args + ["--jobs", str(jobs), "--out", str(out)], tmp_path, timeout=600)
+        # the seeds in the other order for the workers: the same runs, and the same reference (FULL_SEED)
+        seeds = ["--seeds", "0,1" if jobs == 1 else "1,0"]
+        p = _run_cli(args + seeds + ["--jobs", str(jobs), "--out", str(out)], tmp_path, timeout=600)
         assert p.returncode == 0, p.stderr
         res[jobs] = json.loads((out / "results.json").read_text())
         assert len(res[jobs]["runs"]) == 6
-    assert res[1]["full_miou"] == res[2]["full_miou"]
+    assert res[1]["full_miou"] == res[2]["full_miou"] and res[1]["full_seed"] == res[2]["full_seed"] == 0
     for rid, run in res[1]["runs"].items():
         assert run["history"] == res[2]["runs"][rid]["history"], rid
         assert run["picks"] == res[2]["runs"][rid]["picks"], rid
@@ -945,6 +947,15 @@ def _fake_results(seeds=(0,), full=0.5):
 
     summarise(res)
     return res
+
+
+def test_the_table_names_the_reference_seed():
+    from examples.al_loop import FULL_SEED, format_table
+
+    res = _fake_results(seeds=(3, 1))
+    assert "Full supervision (all pool pixels, seed 3): mIoU 50.0" in format_table(res)  # files without full_seed
+    res["full_seed"] = FULL_SEED
+    assert f"Full supervision (all pool pixels, seed {FULL_SEED}): mIoU 50.0" in format_table(res)
 
 
 def test_al_curves_legend_beside_the_points_colours_fixed_per_strategy(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence, Union
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from oreal._checks import (
+    INT64_MAX,
     all_finite,
     check_ignore_index,
     check_int,
@@ -22,7 +24,7 @@ from oreal._checks import (
 __all__ = ["confusion_matrix", "miou", "miou_from_confusion", "aualc"]
 
 # the largest C whose C * C + 1 bins (the spill bin included) have int64 indices
-_MAX_CLASSES = 3037000499
+_MAX_CLASSES = math.isqrt(INT64_MAX - 1)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, *, ignore_index: int = 255,

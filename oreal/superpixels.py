@@ -140,6 +140,7 @@ def _compute_one(image: Any, p: Dict[str, Any]) -> Any:
                       sigma=p["sigma"], start_label=1, channel_axis=-1)
         return labels.astype(np.int32)
     cv2 = _cv2()
+    lab_img = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     if p["method"] == "seeds":
         def make(levels: int) -> Any:
             return cv2.ximgproc.createSuperpixelSEEDS(W, H, 3, p["count"], levels, p["prior"], p["bins"],
@@ -154,15 +155,14 @@ def _compute_one(image: Any, p: Dict[str, Any]) -> Any:
                              f"a larger image or another count, or method='slic' / 'skimage_slic'")
         lv = min(levels, key=lambda lv: abs(make(lv).getNumberOfSuperpixels() - p["count"]))
         s = make(lv)
-        s.iterate(cv2.cvtColor(image, cv2.COLOR_RGB2LAB), p["iterations"])
+        s.iterate(lab_img, p["iterations"])
     else:
         if min(H, W) < 2:
             raise ValueError(f"OpenCV's SLIC needs an image of at least 2x2 pixels, but got {H}x{W}; use "
                              f"method='skimage_slic'")
         # at most the image's shorter side: a larger region crashes OpenCV's SLIC
         region = min(max(2, int(round((H * W / p["count"]) ** 0.5))), H, W)
-        s = cv2.ximgproc.createSuperpixelSLIC(cv2.cvtColor(image, cv2.COLOR_RGB2LAB), cv2.ximgproc.SLICO, region,
-                                              p["ruler"])
+        s = cv2.ximgproc.createSuperpixelSLIC(lab_img, cv2.ximgproc.SLICO, region, p["ruler"])
         s.iterate(p["iterations"])
         s.enforceLabelConnectivity(25)
     return s.getLabels().astype(np.int32)

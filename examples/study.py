@@ -21,10 +21,11 @@ runs ``python -m examples.al_loop`` with the study's configuration, then writes 
   one-thread processes get more out of the two cores than one two-thread process.
 
 Options the study does not know go to ``examples.al_loop`` (``--labels weak``, ``--unit pixel``, ``--semi plar``:
-the other label schemes on the same setting); ``--budget`` sets the units per round, ``--compare`` adds another
-run at equal clicks to the report. ``--seeds``, ``--strategies``, ``--rounds`` narrow the run (the same output
-folder can be completed later: the loop resumes). ``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few
-minutes on one core); the tests use it.
+the other label schemes on the same setting), except those it sets itself (``--data``, ``--size``, ``--sp-count``,
+``--model``, ``--pretrained``, ``--lr``, ``--mc-samples``: another value is refused); ``--budget`` sets the units
+per round, ``--compare`` adds another run at equal clicks to the report. ``--seeds``, ``--strategies``,
+``--rounds`` narrow the run (the same output folder can be completed later: the loop resumes). ``--reduced`` runs
+the same path on the embedded synthetic scenes at a test size (a few minutes on one core); the tests use it.
 """
 from __future__ import annotations
 
@@ -57,6 +58,20 @@ def loop_args(a):
     if a.cache_dir:
         args += ["--cache-dir", a.cache_dir]
     return args, size, sp
+
+
+# examples.al_loop options the study sets itself: passed again after them, they would win without the study knowing
+# (its header, superpixel count and budget are computed for its own setting)
+STUDY_SET = ("data", "root", "size", "sp_count", "model", "pretrained", "lr", "mc_samples")
+
+
+def overridden(args, extra):
+    """The ``examples.al_loop`` options among ``extra`` that would change a setting of the study's ``args``
+    (abbreviated or ``--opt=value`` spellings included, as argparse reads them)."""
+    from .al_loop import build_parser
+
+    base, given = vars(build_parser().parse_args(args)), vars(build_parser().parse_args(args + extra))
+    return ["--" + k.replace("_", "-") for k in STUDY_SET if base[k] != given[k]]
 
 
 def pool_budget(args, fraction=BUDGET_FRACTION):
@@ -112,6 +127,11 @@ def main(argv=None):
         a.strategies = "random,entropy:max,oreal:max,oreal:mean" if a.strategies == STRATEGIES else a.strategies
         a.rounds, a.max_epochs, a.patience = min(a.rounds, 2), min(a.max_epochs, 2), min(a.patience, 1)
     args, size, sp = loop_args(a)
+    fixed = overridden(args, extra)
+    if fixed:
+        print(f"error: the study sets {', '.join(fixed)} itself (its size, superpixels and budget go together); "
+              f"run python -m examples.al_loop for another setting", file=sys.stderr)
+        return 2
     args += extra
     try:
         frac = 0.05 if a.reduced else BUDGET_FRACTION  # the reduced pool has ~150 superpixels

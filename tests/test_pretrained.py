@@ -328,3 +328,9 @@ def test_study_refuses_a_budget_below_one_and_options_it_would_ignore(capsys):
     for option in (["--root", "somewhere"], ["--limits", "4,2,2"]):  # CamVid's options: ignored by --reduced
         assert main(["--reduced", *option, "--out", "unused"]) == 2
         assert "--root and --limits apply to CamVid only" in capsys.readouterr().err
+    # options the study sets itself, passed on to examples.al_loop, would win over the study's own
+    for extra, named in ((["--size", "60x80"], "--size"), (["--si=60x80"], "--size"),
+                         (["--sp-count", "9"], "--sp-count"), (["--model", "small"], "--model"),
+                         (["--lr", "0.1", "--data", "camvid"], "--data, --lr")):
+        assert main(["--reduced", *extra, "--out", "unused"]) == 2
+        assert f"error: the study sets {named} itself" in capsys.readouterr().err

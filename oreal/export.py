@@ -543,7 +543,7 @@ def read_answers(export: Any, selection: Any, class_names: Sequence[str], *, num
             problems.append(f"task {tid}: not a task made by oreal.export.tasks (its data lacks "
                             f"{KEY_IMAGE!r} / {KEY_SUPERPIXELS!r})")
             continue
-        if data.get(KEY_ROUND) != round:
+        if not _is_int(data.get(KEY_ROUND)) or data[KEY_ROUND] != round:  # false or 0.0 is not round 0
             problems.append(f"task {tid}: made for round {data.get(KEY_ROUND)!r}, but round {round} is read")
             continue
         n, sps = data[KEY_IMAGE], data[KEY_SUPERPIXELS]

@@ -292,7 +292,7 @@ def _load(path: Path, shape: Tuple[int, int]) -> Any:
         return None
     try:
         m = np.load(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):  # EOFError: an empty file (e.g. left by a crash before a flush)
         return None  # unreadable entry: recomputed and overwritten
     return m if m.shape == tuple(shape) and m.dtype.kind == "i" else None
 

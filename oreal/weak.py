@@ -181,8 +181,8 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     Normalisation **(ours)**: each term is a mean over all its pixels (or pairs) of the whole batch, so a large
     superpixel weighs in proportion to its pixels; a term with no pixel (no pair) is 0 and contributes no
     gradient. Pixels with ``sp_map == -1`` and superpixels with an empty row in ``weak`` take no part.
-    Computed in log space, ``-ln sum_{c in Y} q_c = logsumexp_c(z_c / T) - logsumexp_{c in Y}(z_c / T)`` and
-    ``ln q = log_softmax(z / T)``, so it stays finite wherever ``z / T`` is (``validate_args`` checks that it does
+    Computed in log space, ``ln q = log_softmax(z / T)`` and ``-ln sum_{c in Y} q_c = -logsumexp_{c in Y} ln q_c``
+    (the largest logit subtracted first, so large logits keep the digits of ``ln q``), so it stays finite wherever ``z / T`` is (``validate_args`` checks that it does
     not overflow). The maxima over superpixels are one ``scatter_reduce`` per class plane; on ties the gradient is
     split evenly among the tied pixels (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may
     differ between calls in the last bits (``scatter_add``).
@@ -230,14 +230,15 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     size = in_set.sum(dim=1)
     # Outside labeled superpixels the set is made "every class", so the term is 0 and no -inf - -inf appears.
     in_set = in_set | (size == 0)[:, None]
-    lse = torch.logsumexp(z, dim=1)
-    term = lse - torch.logsumexp(z.masked_fill(~in_set, float("-inf")), dim=1)  # -ln sum_{c in Y} q_c, (N, P)
+    # ln q by log_softmax, which subtracts the largest logit first: z - logsumexp(z) would subtract two nearly
+    # equal large numbers and lose the digits of ln q (2 % at logits of 6e4 in float32)
+    log_q = torch.log_softmax(z, dim=1)
+    term = -torch.logsumexp(log_q.masked_fill(~in_set, float("-inf")), dim=1)  # -ln sum_{c in Y} q_c, (N, P)
     zero = z.new_zeros(())
     one, multi = size == 1, size >= 2
     ce = torch.where(one, term, zero).sum() / one.sum().clamp_min(1)
     mp = torch.where(multi, term, zero).sum() / multi.sum().clamp_min(1)
     # Prototypical pixel: max over each superpixel of ln q_c, one scatter per class plane.
-    log_q = z - lse[:, None]
     best = torch.stack([scatter_rows(plane, index, s, "max") for plane in log_q.unbind(1)], dim=-1)  # (N, S, C)
     pairs = weak & (count_rows(index, s) > 0)[..., None]
     pp = -torch.where(pairs, best, zero).sum() / pairs.sum().clamp_min(1)
@@ -252,8 +253,8 @@ def prototype_pixels(probs: Tensor, sp_map: Tensor, weak: Tensor, num_superpixel
     Ties go to the lowest flat position ``h * W + w``. Exact (max and min reductions only), deterministic.
 
     Args:
-        probs (Tensor[N, C, H, W]): class probabilities (or any per-class confidence; only its order within a
-            superpixel matters).
+        probs (Tensor[N, C, H, W]): class probabilities (only their order within a superpixel matters: with
+            ``validate_args=False`` any per-class confidence, e.g. logits, gives the same pixels).
         sp_map (Tensor[N, H, W]): integer superpixel ids in ``[0, S)``, ``-1`` for no superpixel.
         weak (Tensor[N, S, C]): bool weak label sets.
         num_superpixels: ``S``.

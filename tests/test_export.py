@@ -395,6 +395,8 @@ def _cases():
         ("void and class", [task(1, 0, [1], [ann(1, ["sky", "void"])])] + e()[1:], {"void": "void"},
          "together with a class"),
         ("other round", [task(1, 0, [1], [ann(1, ["sky"])], rnd=1)] + e()[1:], {}, "made for round 1"),
+        ("bool round", [task(1, 0, [1], [ann(1, ["sky"])], rnd=False)] + e()[1:], {}, "made for round False"),
+        ("float round", [task(1, 0, [1], [ann(1, ["sky"])], rnd=0.0)] + e()[1:], {}, "made for round 0.0"),
         ("foreign task", [{"id": 8, "data": {"image": "x"}, "annotations": []}] + e(), {}, "not a task made by"),
         ("not picked", e() + [task(5, 0, [2], [ann(1, ["sky"])])], {}, "did not pick"),
         ("float image id", [task(1, 0.0, [1], [ann(1, ["sky"])])] + e()[1:], {},

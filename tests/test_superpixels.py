@@ -99,6 +99,7 @@ def test_cache_is_used_keyed_and_atomic(tmp_path, method):
     # unreadable or wrongly shaped entries are recomputed and overwritten
     files[0].write_bytes(b"not a npy file")
     np.save(files[1], np.zeros((3, 3), np.int32))
+    files[2].write_bytes(b"")
     sp3, S3 = SP.compute(ims, method=method, count=20, cache_dir=tmp_path)
     assert S3 == S and torch.equal(sp3, sp)
     # no cache by default

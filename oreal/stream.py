@@ -380,7 +380,7 @@ class StreamingSelector:
             shape = (n, h, w) if self.pixels else (n, num_superpixels)
             check_bool_tensor(exclude, "exclude", shape)
             check_same_device(exclude, "exclude", sp_map, "sp_map")
-        self._check_consistent(sp_map, given, h, w)
+        first = self._check_consistent(sp_map, given, h, w)
         check_real(sp_map, "sp_map")
         self.seen.check(ids_cpu)
         if n == 0:
@@ -391,6 +391,7 @@ class StreamingSelector:
         if sp_map.numel() == 0:  # images without pixels: no candidates, no statistics, nothing to score
             self.seen.add(ids_cpu)
             return
+        self._adopt(sp_map.device, first)  # only now: a batch refused above fixes nothing
         given = {name: given[name] for name in self.inputs}
         ids = ids_cpu.to(sp_map.device)
         if self.spec.kind == "per_class":
@@ -428,9 +429,11 @@ class StreamingSelector:
                                  f"but found {hi}")
         return ids
 
-    def _check_consistent(self, sp_map: Tensor, given: Dict[str, Optional[Tensor]], h: int, w: int) -> None:
-        """Same device, dtype, classes (and H, W for a pixel-level strategy) as the batches before; the first batch
-        with pixels sets them."""
+    def _check_consistent(self, sp_map: Tensor, given: Dict[str, Optional[Tensor]], h: int,
+                          w: int) -> Optional[Tuple[torch.device, torch.dtype, Optional[int], Tuple[int, int]]]:
+        """Same device, dtype, classes (and H, W for a pixel-level strategy) as the batches before. Changes nothing:
+        for the first batch with pixels, returns the settings it fixes once it has passed every check
+        (:meth:`_adopt`); None otherwise."""
         main = next((given[x] for x in ("probs", "logits", "mc_probs") if x in self.inputs), None)
         device = sp_map.device
         dtype = self.spec.dtype if main is None else compute_dtype(main)
@@ -442,21 +445,9 @@ class StreamingSelector:
             raise ValueError(f"Expected {self.num_classes} classes (from {what}), but this batch has {classes} "
                              f"(shape {tuple(main.shape)})")
         if not sp_map.numel():  # no pixels to score: the batch sets neither device, dtype, classes nor H, W
-            return
-        if self.labeled_counts is not None and self.labeled_counts.device != device:
-            self.labeled_counts = self.labeled_counts.to(device)
-            mask = self.options.get("class_mask")
-            if mask is not None:
-                self.options["class_mask"] = mask.to(device)
-            if self.debt is not None:
-                self.debt, self.columns = self.debt.to(device), self.columns.to(device)
+            return None
         if self.device is None:
-            self.device, self.dtype = device, dtype
-            self.num_classes = classes if self.num_classes is None else self.num_classes
-            self.unit = h * w if self.pixels else self.num_superpixels
-            self.spatial = (h, w)
-            self.columns = self.columns.to(device)
-            return
+            return device, dtype, classes, (h, w)
         if device != self.device:
             raise ValueError(f"Expected every batch on {self.device} (the first batch's device), but got {device}")
         if dtype != self.dtype:
@@ -465,6 +456,24 @@ class StreamingSelector:
         if self.pixels and (h, w) != self.spatial:
             raise ValueError(f"Strategy {self.strategy!r} indexes pixels as h * W + w, so every batch needs the same "
                              f"H, W = {self.spatial}, but got {(h, w)}")
+        return None
+
+    def _adopt(self, device: torch.device, first: Optional[Tuple[torch.device, torch.dtype, Optional[int],
+                                                                  Tuple[int, int]]]) -> None:
+        """Moves the class counts to the batches' ``device``; ``first`` (from :meth:`_check_consistent`) fixes the
+        stream's device, dtype, classes and H, W."""
+        if self.labeled_counts is not None and self.labeled_counts.device != device:
+            self.labeled_counts = self.labeled_counts.to(device)
+            mask = self.options.get("class_mask")
+            if mask is not None:
+                self.options["class_mask"] = mask.to(device)
+            if self.debt is not None:
+                self.debt, self.columns = self.debt.to(device), self.columns.to(device)
+        if first is not None:
+            self.device, self.dtype, classes, self.spatial = first
+            self.num_classes = classes if self.num_classes is None else self.num_classes
+            self.unit = self.spatial[0] * self.spatial[1] if self.pixels else self.num_superpixels
+            self.columns = self.columns.to(device)
 
     def _push(self, scores: Tensor, g: Tensor) -> None:
         """Add candidate columns ``(P, m)`` (empty slots: -inf and the sentinel)."""

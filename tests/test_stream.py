@@ -484,6 +484,33 @@ def test_stream_keeps_tiny_probabilities_of_a_rare_class():
 
 
 @pytest.mark.parametrize("name", ["entropy", "oreal", "balent_pixel", "pixelbal"])
+def test_a_refused_batch_fixes_nothing(name):
+    """A first batch refused for its values (logits given as probabilities, in float64, with other classes and,
+    for a pixel strategy, another H, W) or for an image id given twice fixes neither the stream's dtype, classes
+    nor shape: the corrected batches are taken and the picks are those of the pool in memory."""
+    pool = make_pool(4, 3, 5, 5, 4, seed=3)
+    counts = pool["counts"] if name == "oreal" else None  # oreal needs them (and takes its classes from them)
+    sel = StreamingSelector(name, num_superpixels=4, budget=3, labeled_counts=counts)
+    # values refused: "probabilities" outside [0, 1], NaN logits
+    wrong = {k: 3 * torch.randn(*pool[k].shape[:-3], 4, 6, 6, dtype=torch.float64) for k in pool if "probs" in k}
+    wrong["logits"] = torch.full((4, 4, 6, 6), float("nan"), dtype=torch.float64)
+    for p in range(sel.num_passes):
+        if p:
+            sel.next_pass()
+        if p == 0:
+            with pytest.raises(ValueError, match="Expected"):
+                sel.update(sp_map=torch.zeros(4, 6, 6, dtype=torch.long), image_ids=range(4), **wrong)
+            twice = {k: pool[k].double() for k in ("probs", "logits", "mc_probs")}
+            with pytest.raises(ValueError, match="more than once"):
+                sel.update(sp_map=pool["sp_map"], image_ids=[0, 1, 2, 0], **twice)
+        sel.update(probs=pool["probs"], logits=pool["logits"], mc_probs=pool["mc_probs"], sp_map=pool["sp_map"],
+                   image_ids=range(4))
+    want = strategies.query(name, probs=pool["probs"], logits=pool["logits"], mc_probs=pool["mc_probs"],
+                            sp_map=pool["sp_map"], num_superpixels=4, budget=3, labeled_counts=counts)
+    assert all(torch.equal(a, b) for a, b in zip(sel.compute(), want))
+
+
+@pytest.mark.parametrize("name", ["entropy", "oreal", "balent_pixel", "pixelbal"])
 def test_an_empty_batch_sets_nothing(name):
     """A batch without pixels in another dtype (and, for a pixel strategy, another H, W) does not fix the stream's
     dtype or shape: the batches after it are taken and the picks are those of the pool in memory."""

@@ -281,8 +281,10 @@ def _random(pool: _Pool, aggregation: Optional[str]) -> Selection:
     gen = pool.generator
     n, s = pool.sp_map.shape[0], pool.num_superpixels
     # One uniform key per superpixel (all N * S of them, so the generator advances the same whatever is
-    # excluded); the top-B keys among the candidates are a uniformly random B-subset of them.
-    keys = torch.rand(n * s, generator=gen, device=gen.device).to(pool.sp_map.device)
+    # excluded); the top-B keys among the candidates are a uniformly random B-subset of them. float32 keys
+    # whatever torch's default dtype (which would change the draws); 24 bits, so ties at the cut are possible
+    # (about n / 2^24 for n candidates) and go, like every tie, to the lower index.
+    keys = torch.rand(n * s, generator=gen, device=gen.device, dtype=torch.float32).to(pool.sp_map.device)
     return _top(pool, keys)
 
 

@@ -347,6 +347,14 @@ def test_random_depends_only_on_the_generator():
     torch.manual_seed(99)
     c = strategies.query("random", budget=5, **pool, generator=torch.Generator().manual_seed(4))
     assert picks(a) == picks(b) and picks(a) != picks(c)
+    # nor on torch's default dtype (torch.rand follows it)
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        d = strategies.query("random", budget=5, **pool, generator=torch.Generator().manual_seed(3))
+    finally:
+        torch.set_default_dtype(old)
+    assert picks(d) == picks(a)
 
 
 def test_ties_go_to_the_lower_global_index():

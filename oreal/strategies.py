@@ -204,7 +204,7 @@ def class_mass(logits: Tensor, sp_map: Tensor, temperature: float) -> Tensor:
     Args:
         logits (Tensor[N, C, H, W]): raw logits.
         sp_map (Tensor[N, H, W]): superpixel ids, ``-1`` for no superpixel.
-        temperature: ``T > 0``.
+        temperature: ``T > 0``; a ``ValueError`` where ``logits / T`` overflows (finite logits are assumed).
 
     Returns:
         Tensor[2, C]: int64 limb sums (``hi``, ``lo``); add those of several batches, then :func:`class_mean`.
@@ -231,7 +231,12 @@ def class_mass(logits: Tensor, sp_map: Tensor, temperature: float) -> Tensor:
         lo.sub_(hi).mul_(scale).round_()  # the fraction, times 2^24: exact; then rounded to an integer
         # integer partial sums below 2^53: exact in float64 in any order
         sums += [hi.sum(dtype=torch.float64), lo.sum(dtype=torch.float64)]
-    return torch.stack(sums).reshape(c, 2).t().long()
+    total = torch.stack(sums)
+    if not bool(torch.isfinite(total).all()):  # finite logits give NaN only where logits / T overflows
+        raise ValueError(f"Expected `logits / temperature` to be finite in {q.dtype}, but it overflows at "
+                         f"temperature={temperature:g} (the largest |logit| is "
+                         f"{float(logits.detach().abs().max()):.4g}); use a larger temperature")
+    return total.reshape(c, 2).t().long()
 
 
 def class_mean(mass: Tensor, pixels: Tensor, dtype: torch.dtype) -> Tensor:

@@ -554,7 +554,7 @@ def _q(name, **kw):
     (lambda: _q("entropy", alpha=1.0), ValueError, r"Unknown option\(s\) \['alpha'\] for strategy 'entropy'"),
     (lambda: _q("pixelbal", temperature=0.0), ValueError, "temperature"),
     # finite and > 0, but logits / T overflows: the class mass was NaN cast to int64
-    (lambda: _q("pixelbal", temperature=1e-39), ValueError,
+    (lambda: _q("pixelbal", temperature=1e-39, logits=make_pool(0)["logits"].float()), ValueError,
      "`logits / temperature` to be finite in torch.float32, but it overflows at temperature=1e-39"),
     (lambda: _q("pixelbal", mu="6"), TypeError, "option `mu`"),
     (lambda: _q("random", generator=torch.Generator(), aggregation="max"), ValueError, "has no aggregation"),

@@ -174,6 +174,10 @@ def _edge_weight(images: Tensor, alpha: float) -> Tensor:
     per-image maximum (``e = 0`` on a flat image); replicate padding at the border. ``(N, H, W)`` float32."""
     x = images.float() if not images.is_floating_point() else images.to(compute_dtype(images))
     gray = (_mean(x, 1) if x.ndim == 4 else x).unsqueeze(1)  # channel mean in index order: any layout
+    # Each image scaled by the power of two that brings its largest |value| into [0.5, 1): exact, so e keeps its
+    # bits, and gx^2 + gy^2 can neither overflow (values of 1e20) nor vanish (values of 1e-25).
+    _, exponent = torch.frexp(gray.abs().amax(dim=(1, 2, 3), keepdim=True))
+    gray = gray * torch.pow(torch.tensor(2.0, dtype=gray.dtype, device=gray.device), -exponent.to(gray.dtype))
     # Sobel by slicing, not conv2d: conv2d's rounding depends on how many images it runs on, slices give the
     # same floats for an image whatever the batch (so oreal.stream reproduces the in-memory scores exactly).
     p = F.pad(gray, (1, 1, 1, 1), mode="replicate")[:, 0]

@@ -357,6 +357,23 @@ def test_random_depends_only_on_the_generator():
     assert picks(d) == picks(a)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_edge_weight_is_the_same_at_any_value_scale(dtype):
+    """The docs promise any value scale: the Sobel magnitude of 1e20-scaled float32 images overflowed (inf / inf:
+    NaN scores) and that of 1e-25-scaled ones vanished (no edge term). Scaled by a power of two, the weights are
+    the same bits; at any scale they match the float64 reference (math.hypot)."""
+    from oreal.strategies import _edge_weight
+
+    images = torch.rand(2, 3, 6, 7, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    base = _edge_weight(images, 1.5)
+    for power in (-90, -40, 8, 70):
+        assert torch.equal(_edge_weight(images * 2.0 ** power, 1.5), base), power
+    for scale in (1e20, 1e-25, 3e37):
+        scaled = images * scale
+        want = torch.from_numpy(ref_sobel_weight(scaled.double().numpy(), 1.5))
+        torch.testing.assert_close(_edge_weight(scaled, 1.5).double(), want, rtol=1e-5, atol=0)
+
+
 def test_ties_go_to_the_lower_global_index():
     pool = make_pool(2, exclude_frac=0.0)
     sp = torch.arange(6).repeat_interleave(7).reshape(6, 7).expand(2, 6, 7).clone()  # every sp non-empty

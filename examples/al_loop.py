@@ -99,6 +99,13 @@ SCHEME_DEFAULTS = {"unit": "superpixel", "labels": "dominant", "weak_min_share":
                    "semi": "none", "semi_weight": 0.5}
 
 
+def weak_clicks(rows):
+    """Clicks to answer weak label rows ``(B, C)``: one per class named (``oreal.weak.clicks``), and one for a
+    superpixel that names none (all its pixels ignored: the annotator still answers it, as with dominant labels;
+    **ours**: a round of such picks would cost nothing, and AuALC needs the clicks to grow)."""
+    return int(oreal.weak.clicks(rows[None])) + int((~rows.any(-1)).sum())
+
+
 def parse_strategy(spec):
     """'entropy:max' -> ('entropy', 'max'); 'random' -> ('random', None); 'oreal' -> ('oreal', None)."""
     name, _, agg = spec.partition(":")
@@ -423,8 +430,8 @@ class Experiment:
         if self.weak is None:
             st["sp_labels"][sel.image, sel.superpixel] = ans
             st["clicks"] += len(sel.image)
-        else:  # the annotator names every class present: one click per class (no dominant label is given)
-            st["clicks"] += int(oreal.weak.clicks(self.weak[sel.image, sel.superpixel][None]))
+        else:  # the annotator names every class present (no dominant label is given)
+            st["clicks"] += weak_clicks(self.weak[sel.image, sel.superpixel])
 
     def full_config(self):
         """The full-supervision reference's schedule: see :func:`full_train_config`."""

@@ -165,19 +165,26 @@ def main(argv=None):
     p.add_argument("--compare", action="append", default=[],
                    help="another results.json: its mIoU at this run's clicks (repeatable)")
     a = p.parse_args(argv)
-    loaded = []
-    for path in [Path(p) for p in [a.results, *a.compare]]:
-        try:
-            results = json.loads(path.read_text())
-            if not isinstance(results, dict) or "summary" not in results:
-                raise ValueError(f"expected the JSON object of results.json, with a 'summary', but got "
-                                 f"{type(results).__name__}{' without one' if isinstance(results, dict) else ''}")
-        except (OSError, ValueError) as e:
-            print(f"error: cannot read a results file from {path}: {e}", file=sys.stderr)
-            return 2
-        loaded.append(results)
+    try:
+        loaded = [read_results(path) for path in [a.results, *a.compare]]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(report(*loaded))
     return 0
+
+
+def read_results(path) -> dict:
+    """The results dict of a ``results.json`` file; a ``ValueError`` naming the file when it cannot be read or
+    is not one."""
+    try:
+        results = json.loads(Path(path).read_text())
+        if not isinstance(results, dict) or "summary" not in results:
+            raise ValueError(f"expected the JSON object of results.json, with a 'summary', but got "
+                             f"{type(results).__name__}{' without one' if isinstance(results, dict) else ''}")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read a results file from {path}: {e}") from e
+    return results
 
 
 if __name__ == "__main__":

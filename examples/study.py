@@ -133,10 +133,12 @@ def main(argv=None):
               f"run python -m examples.al_loop for another setting", file=sys.stderr)
         return 2
     args += extra
+    from .report import read_results, report
+
     try:
+        others = [read_results(c) for c in a.compare]  # checked before the loop runs for hours
         frac = 0.05 if a.reduced else BUDGET_FRACTION  # the reduced pool has ~150 superpixels
         budget, n = pool_budget(args, frac)
-        others = [json.loads(Path(c).read_text()) for c in a.compare]
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -145,7 +147,6 @@ def main(argv=None):
           f"per round ({'given' if a.budget else f'{100 * frac:g} % of the superpixels'}), round 0 + {a.rounds} "
           f"rounds{', loop options ' + ' '.join(extra) if extra else ''}", flush=True)
     from . import al_loop
-    from .report import report
 
     t0 = time.time()
     rc = al_loop.main(args + ["--budget", str(budget), "--no-plots"] + (["--no-progress"] if a.reduced else []))

@@ -141,9 +141,9 @@ def test_tiny_weak_loop_end_to_end(tmp_path, stage2):
     for r in res["runs"].values():
         clicks, counts = 0, np.zeros(len(res["classes"]), dtype=int)
         for h, (imgs, sps) in zip(r["history"], r["picks"]):
-            for n, s in zip(imgs, sps):  # one click per class present (plain loop over the ground truth)
+            for n, s in zip(imgs, sps):  # one click per class present (plain loop over the ground truth) ...
                 present = _classes_present(gt, sp, n, s)
-                clicks += len(present)
+                clicks += len(present) or 1  # ... and one for a superpixel of ignored pixels
                 counts[sorted(present)] += 1
             assert h["clicks"] == clicks
             assert h["class_counts"] == counts.tolist()  # presence counts: once per class present
@@ -157,6 +157,14 @@ def test_tiny_weak_loop_end_to_end(tmp_path, stage2):
 
     md = report(res)
     assert "| oreal | " in md and "stage 2 mean" in md and "Weak labels, stage 2" in md
+
+
+def test_a_superpixel_of_ignored_pixels_costs_one_weak_click():
+    from examples.al_loop import weak_clicks
+
+    rows = torch.tensor([[True, False, True], [False, False, False], [False, True, False], [False, False, False]])
+    assert weak_clicks(rows) == 2 + 1 + 2  # classes named, plus one per superpixel that names none
+    assert weak_clicks(rows[:0]) == 0
 
 
 def test_weak_target_is_the_weak_loss_of_the_flipped_batch():

@@ -319,7 +319,7 @@ def test_the_head_init_does_not_depend_on_whether_the_frozen_encoder_was_built(m
         assert torch.equal(first[k], again[k]), k
 
 
-def test_study_refuses_a_budget_below_one_and_options_it_would_ignore(capsys):
+def test_study_refuses_a_budget_below_one_and_options_it_would_ignore(capsys, tmp_path):
     from examples.study import main
 
     for budget in ("0", "-3"):
@@ -328,6 +328,13 @@ def test_study_refuses_a_budget_below_one_and_options_it_would_ignore(capsys):
     for option in (["--root", "somewhere"], ["--limits", "4,2,2"]):  # CamVid's options: ignored by --reduced
         assert main(["--reduced", *option, "--out", "unused"]) == 2
         assert "--root and --limits apply to CamVid only" in capsys.readouterr().err
+    # a --compare file that is not a results file is refused before the study runs (it failed in the report)
+    (tmp_path / "empty.json").write_text("{}")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name, what in (("empty.json", "dict without one"), ("list.json", "list"), ("missing.json", "No such file")):
+        assert main(["--reduced", "--compare", str(tmp_path / name), "--out", str(tmp_path / "unused")]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot read a results file from {tmp_path / name}" in err and what in err
     # options the study sets itself, passed on to examples.al_loop, would win over the study's own
     for extra, named in ((["--size", "60x80"], "--size"), (["--si=60x80"], "--size"),
                          (["--sp-count", "9"], "--sp-count"), (["--model", "small"], "--model"),

@@ -188,7 +188,7 @@ def _sub_seed(*parts):
 
 # ----------------------------------------------------------------------------------------------------------
 # atomic state files
-TEMP_SUFFIX = ".tmp"
+TEMP_MARK = ".oreal-"  # in every temporary name, so that only our own leftovers are ever deleted
 
 
 def _umask():
@@ -198,12 +198,12 @@ def _umask():
 
 
 def atomic_write_bytes(path: Path, write):
-    """Write ``path`` through ``write(binary file)`` into ``.NAME.XXXX.tmp`` next to it, fsync, then
+    """Write ``path`` through ``write(binary file)`` into ``.NAME.oreal-XXXX.tmp`` next to it, fsync, then
     ``os.replace``: a reader sees the old or the new file, never a part. The file gets the usual mode
     (0666 minus the umask), not the 0600 of a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -223,11 +223,11 @@ def save_state(path, state):
 
 
 def remove_stale_temps(folder: Path):
-    """Delete the ``.NAME.XXXX.tmp`` files that a process killed inside :func:`atomic_write_bytes` left in
-    ``folder``. Only call it while holding the folder's lock (:func:`lock_folder`): another live run's
+    """Delete the ``.NAME.oreal-XXXX.tmp`` files that a process killed inside :func:`atomic_write_bytes` left
+    in ``folder`` (a user's own ``.draft.tmp`` stays). Only call it while holding the folder's lock (:func:`lock_folder`): another live run's
     temporary files would go too."""
     removed = []
-    for p in sorted(Path(folder).glob(".*" + TEMP_SUFFIX)):
+    for p in sorted(Path(folder).glob(f".*{TEMP_MARK}*.tmp")):
         if p.is_file():
             p.unlink(missing_ok=True)
             removed.append(p.name)

@@ -477,14 +477,15 @@ def test_another_thread_count_is_refused(finished_run, tmp_path):
 
 def test_temp_files_of_a_killed_write_are_removed(finished_run, tmp_path):
     out = _copy_run(finished_run, tmp_path)
-    stale = [out / "state" / ".random__seed0.pt.k3j2h1.tmp", out / ".results.json.x8y7z6.tmp"]
+    stale = [out / "state" / ".random__seed0.pt.oreal-k3j2h1.tmp", out / ".results.json.oreal-x8y7z6.tmp"]
     for f in stale:
         f.write_bytes(b"half a file")
-    keep = out / "state" / "notes.tmp"  # not a name our writes use
-    keep.write_bytes(b"mine")
+    keep = [out / "state" / "notes.tmp", out / ".draft.tmp", out / ".results.json.x8y7z6.tmp"]  # not our names
+    for f in keep:
+        f.write_bytes(b"mine")
     p = _run_cli(BASE + ["--out", str(out)], tmp_path, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert not any(f.exists() for f in stale) and keep.exists()
+    assert not any(f.exists() for f in stale) and all(f.read_bytes() == b"mine" for f in keep)
 
 
 def test_a_second_run_in_the_same_folder_is_refused(finished_run, tmp_path):

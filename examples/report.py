@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .stats import percent, stats_markdown
+from .stats import percent, stats_markdown, with_aggregations
 
 
 def _table(results):
@@ -28,7 +28,7 @@ def _table(results):
 
 def max_vs_mean(results):
     """Rows (method, AuALC max, AuALC mean, paired difference mean ± std over seeds, seeds where max won)."""
-    summ = results["summary"]
+    summ = with_aggregations(results["summary"])
     rows = []
     for spec in summ:
         if not spec.endswith(":max"):

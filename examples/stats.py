@@ -97,6 +97,24 @@ def paired(a, b, resamples=10000, seed=0):
             "ties": t, "p_sign": p}
 
 
+def with_aggregations(summary):
+    """``summary`` with every strategy listed without its aggregation (``oreal``) under the one the loop ran it
+    with (``oreal:max``, its default), so that the max-vs-mean and paired comparisons find it; strategies without
+    aggregations (``random``) and unknown ones keep their names."""
+    import oreal
+
+    out = {}
+    for spec, entry in summary.items():
+        if ":" not in spec:
+            try:
+                aggs = oreal.strategies.requirements(spec)["aggregations"]
+            except ValueError:  # a strategy registered by the process that wrote the results
+                aggs = ()
+            spec = f"{spec}:{aggs[0]}" if aggs else spec
+        out[spec] = entry
+    return out
+
+
 def _aualc_by_seed(summary, spec):
     e = summary.get(spec) or {}
     return dict(zip(e.get("seeds", []), e.get("aualc", [])))
@@ -106,7 +124,7 @@ def comparisons(results, reference="oreal"):
     """Rows of paired AuALC differences from a loop ``results`` dict: ``max - mean`` per method, then
     ``reference:AGG - other:AGG`` for every other method with the same aggregation (and vs ``random``).
     Each row: ``(label, paired(...) dict)``; only seeds present in both runs are paired."""
-    summ = results["summary"]
+    summ = with_aggregations(results["summary"])
     rows = []
 
     def add(label, x, y):

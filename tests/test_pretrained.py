@@ -258,6 +258,12 @@ def test_stats_markdown_pairs_by_seed():
     assert rows["oreal:max - random"]["wins"] == 3
     md = stats_markdown({"summary": summ})
     assert "| oreal:max | 3 | 65.0 |" in md and "| oreal: max - mean |" in md
+    # "oreal" without its aggregation is the loop's oreal:max: the same comparisons (it was left out of them)
+    from examples.report import max_vs_mean
+
+    bare = {("oreal" if k == "oreal:max" else k): v for k, v in summ.items()}
+    assert {k: v["mean"] for k, v in comparisons({"summary": bare})} == {k: v["mean"] for k, v in rows.items()}
+    assert max_vs_mean({"summary": bare}) == max_vs_mean({"summary": summ}) != []
 
 
 # ------------------------------------------------------------------------------------------ the study path

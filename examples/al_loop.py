@@ -129,14 +129,14 @@ def check_scheme(cfg):
         raise ValueError(f"--weak-min-share must be in [0, 1], got {cfg.weak_min_share}")
     if not 0.0 <= cfg.semi_weight < float("inf"):
         raise ValueError(f"--semi-weight must be a finite number >= 0, got {cfg.semi_weight}")
-    unused = [f"--{k.replace('_', '-')}" for k, needs in (("weak_min_share", cfg.labels == "weak"),
-                                                        ("weak_stage2", cfg.labels == "weak"),
-                                                        ("semi_weight", cfg.semi != "none"))
-              if not needs and getattr(cfg, k) != SCHEME_DEFAULTS[k]]
+    unused = [f"--{k.replace('_', '-')} only applies with {scheme}"
+              for k, used, scheme in (("weak_min_share", cfg.labels == "weak", "--labels weak"),
+                                      ("weak_stage2", cfg.labels == "weak", "--labels weak"),
+                                      ("semi_weight", cfg.semi != "none", "--semi pseudo or plar"))
+              if not used and getattr(cfg, k) != SCHEME_DEFAULTS[k]]
     if unused:
-        raise ValueError(f"{', '.join(unused)} only appl{'ies' if len(unused) == 1 else 'y'} with "
-                         f"{'--labels weak' if 'semi' not in unused[0] else '--semi pseudo or plar'}; "
-                         f"remove {'it' if len(unused) == 1 else 'them'} or choose that scheme")
+        raise ValueError(f"{'; '.join(unused)}: remove {'it' if len(unused) == 1 else 'them'} or choose that "
+                         f"scheme")
     if cfg.labels == "weak" and cfg.unit == "pixel":
         raise ValueError("--labels weak names the classes of a superpixel; a pixel has one class: use "
                          "--unit superpixel with --labels weak, or --labels dominant with --unit pixel")
@@ -991,14 +991,20 @@ def _limits(s):
     return tuple(x or None for x in v)
 
 
-def _pos(s):
-    try:
-        v = int(s)
-        if v <= 0:
-            raise ValueError
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    return v
+def _int_at_least(low, what):
+    def parse(s):
+        try:
+            v = int(s)
+            if v < low:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        return v
+    return parse
+
+
+_pos = _int_at_least(1, "a positive integer")
+_nonneg = _int_at_least(0, "an integer >= 0")
 
 
 def build_parser():
@@ -1014,7 +1020,7 @@ def build_parser():
     g.add_argument("--size", type=_size, help="resize to HxW (synthetic: generated at this size; default 64x64)")
     g.add_argument("--limits", type=_limits, default=(None, None, None),
                    help="TRAIN,VAL,TEST image counts, evenly spaced subsets (0 = all)")
-    g.add_argument("--data-seed", type=int, default=0)
+    g.add_argument("--data-seed", type=_nonneg, default=0)
     g = p.add_argument_group("superpixels")
     g.add_argument("--sp-method", choices=METHODS, default="seeds")
     g.add_argument("--sp-count", type=_pos, default=64, help="superpixels per image requested")
@@ -1112,6 +1118,13 @@ def config_from_args(a):
     if a.data == "camvid" and a.data_seed != 0:
         raise ValueError("--data-seed draws the synthetic scenes or the random split of --data folder; CamVid has "
                          "fixed splits")
+    if a.data == "folder" and a.data_seed != 0 and a.root is not None and \
+            all((Path(a.root) / f"{x}.txt").is_file() for x in ("train", "val", "test")):
+        raise ValueError(f"--data-seed draws the random split of --data folder, but {a.root} has its own split "
+                         f"lists (train.txt, val.txt, test.txt)")
+    if a.unit == "pixel" and a.sp_method != "seeds":
+        raise ValueError("--sp-method chooses the superpixels; with --unit pixel every pixel is its own unit and "
+                         "no superpixels are computed")
     if a.model != "small" and a.width is not None:
         raise ValueError(f"--width sets the channel width of --model small, not of {a.model}")
     if a.pretrained and a.model in ("small", "vit"):

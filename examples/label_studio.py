@@ -131,7 +131,11 @@ def _cfg(a) -> LoopConfig:
 
 
 def _fingerprint(exp: Experiment, a) -> dict:
-    return dict(exp.fp, strategy=a.strategy, seed=a.seed, per=a.per, outline=a.outline)
+    """What a command must share with the state. Not ``rounds``: it only says when to stop (there is no
+    full-supervision schedule here), so a finished folder goes on with a larger ``--rounds``."""
+    fp = dict(exp.fp, strategy=a.strategy, seed=a.seed, per=a.per, outline=a.outline)
+    del fp["rounds"]
+    return fp
 
 
 def _load(exp, a):
@@ -386,6 +390,11 @@ def main(argv=None, log=print):
             st = _load(exp, a)
             if st is None:
                 raise StateError(f"no state in {a.out}: run `push` first")
+            if st["round"] < 0:
+                raise StateError("no round has been pulled yet: nothing to train on (annotate the pushed round, "
+                                 "then `pull`)")
+            if st["trained_round"] == st["round"]:
+                log(f"the model is already trained on round {st['round']}")
             _train(exp, st, a, log)
             _save(a, st)
     except (StateError, ServerError, ox.AnswerError, DataError, ValueError, OSError) as e:

@@ -23,9 +23,10 @@ runs ``python -m examples.al_loop`` with the study's configuration, then writes 
 Options the study does not know go to ``examples.al_loop`` (``--labels weak``, ``--unit pixel``, ``--semi plar``:
 the other label schemes on the same setting), except those it sets itself (``--data``, ``--size``, ``--sp-count``,
 ``--model``, ``--pretrained``, ``--lr``, ``--mc-samples``: another value is refused); ``--budget`` sets the units
-per round, ``--compare`` adds another run at equal clicks to the report. ``--seeds``, ``--strategies``,
-``--rounds`` narrow the run (the same output folder can be completed later: the loop resumes). ``--reduced`` runs
-the same path on the embedded synthetic scenes at a test size (a few minutes on one core); the tests use it.
+per round, ``--compare`` adds another run at equal clicks to the report. ``--seeds`` and ``--strategies``
+narrow the run (the same output folder can be completed later with more: the loop resumes); ``--rounds`` is part
+of the configuration (the full-supervision schedule depends on it), so fewer rounds need another folder.
+``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few minutes on one core); the tests use it.
 """
 from __future__ import annotations
 

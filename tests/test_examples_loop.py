@@ -376,10 +376,18 @@ def test_cli_rejects_bad_input(tmp_path):
     assert p.returncode == 2 and "nowhere" in p.stderr
     p = _run_cli(["--strategies", "random:max"], tmp_path, timeout=60)
     assert p.returncode == 2 and "no aggregation" in p.stderr
+    split = tmp_path / "split"  # a folder with its own split lists
+    split.mkdir()
+    for name in ("train", "val", "test"):
+        (split / f"{name}.txt").write_text("im0\n")
     for args, message in [(["--root", str(tmp_path)], "the synthetic scenes have none"),
                           (["--data", "camvid", "--root", str(tmp_path), "--data-seed", "7"],
                            "CamVid has fixed splits"),
                           (["--model", "vit", "--width", "8"], "--width sets the channel width of --model small"),
+                          (["--data", "folder", "--root", str(split), "--data-seed", "3"], "has its own split lists"),
+                          (["--unit", "pixel", "--strategies", "random", "--sp-method", "slic"],
+                           "no superpixels are computed"),
+                          (["--data-seed", "-1"], "argument --data-seed: expected an integer >= 0, got '-1'"),
                           (["--pretrained"], "--model small has none"),
                           (["--model", "vit", "--pretrained"], "--model vit has none")]:
         p = _run_cli(args + ["--out", str(tmp_path / "ignored")], tmp_path, timeout=60)

@@ -280,6 +280,8 @@ def test_pseudo_label_accuracy_against_a_plain_count(tmp_path):
     (dict(semi="pseudo", semi_weight=-1.0), "--semi-weight"),
     (dict(weak_stage2="every"), "--weak-stage2 only applies with --labels weak"),
     (dict(semi_weight=1.0), "--semi-weight only applies with --semi pseudo or plar"),
+    (dict(weak_min_share=0.2, semi_weight=1.0),  # each option with its own scheme
+     "--weak-min-share only applies with --labels weak; --semi-weight only applies with --semi pseudo or plar"),
 ])
 def test_incompatible_schemes_are_clear_errors(kw, msg):
     with pytest.raises(ValueError, match=msg):

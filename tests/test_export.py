@@ -486,15 +486,22 @@ def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch, capsys):
     logs = []
     assert L.main(["push", "--files-only", *tiny], log=logs.append) == 0
     assert L.main(["push", "--files-only", *tiny], log=logs.append) == 2  # already pushed
+    capsys.readouterr()
+    assert L.main(["train", *tiny], log=logs.append) == 2  # it silently did nothing
+    assert "no round has been pulled yet: nothing to train on" in capsys.readouterr().err
     pushed = json.loads((tmp_path / "run" / "round_0" / "tasks.json").read_text())
     assert len(pushed) == 4 and len(list((tmp_path / "run" / "round_0" / "masks").glob("*.png"))) == 4
     exp = Experiment(L._cfg(L.build_parser().parse_args(["status", *tiny])), tmp_path / "run", progress=False,
                      cache_dir=tmp_path / "cache")
     names, dom = exp.dataset.classes, exp.oracle.dominant
-    export = [dict(t, id=i, annotations=[{"id": i, "was_cancelled": False, "result": [
-        {"type": "choices", "from_name": "class", "value": {"choices": [
-            names[int(dom[t["data"]["oreal_image"], s])] if dom[t["data"]["oreal_image"], s] >= 0 else L.VOID]}}
-        for s in t["data"]["oreal_superpixels"]]}]) for i, t in enumerate(pushed)]
+
+    def answered(tasks):  # the oracle's answers, as Label Studio exports them
+        return [dict(t, id=i, annotations=[{"id": i, "was_cancelled": False, "result": [
+            {"type": "choices", "from_name": "class", "value": {"choices": [
+                names[int(dom[t["data"]["oreal_image"], s])] if dom[t["data"]["oreal_image"], s] >= 0 else L.VOID]}}
+            for s in t["data"]["oreal_superpixels"]]}]) for i, t in enumerate(tasks)]
+
+    export = answered(pushed)
     wrong = json.loads(json.dumps(export))
     for t in wrong:
         t["data"]["oreal_round"] = 1
@@ -514,6 +521,19 @@ def test_cli_files_only_round_and_refusals(tmp_path, monkeypatch, capsys):
     assert L.main(["status", *threads], log=logs.append) == 2
     assert L.main(["status", "--outline", *tiny], log=logs.append) == 2
     assert L.main(["status", *tiny], log=logs.append) == 0
+    # --rounds only says when to stop: once the rounds are done, a larger --rounds goes on in the same folder
+    assert L.main(["push", "--files-only", *tiny], log=logs.append) == 0  # trains on round 0, pushes round 1
+    round1 = answered(json.loads((tmp_path / "run" / "round_1" / "tasks.json").read_text()))
+    (tmp_path / "export1.json").write_text(json.dumps(round1))
+    assert L.main(["pull", "--export", str(tmp_path / "export1.json"), *tiny], log=logs.append) == 0
+    capsys.readouterr()
+    assert L.main(["push", "--files-only", *tiny], log=logs.append) == 2
+    assert "all 1 rounds are done (raise --rounds to go on)" in capsys.readouterr().err
+    more = list(tiny)
+    more[more.index("--rounds") + 1] = "2"
+    assert L.main(["push", "--files-only", *more], log=logs.append) == 0
+    st = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert st["pending"]["round"] == 2 and int(st["labeled"].sum()) == 8
     capsys.readouterr()
     assert L.main(["push", "--files-only", *tiny[:2], "--strategy", "foo"], log=logs.append) == 2
     assert "error: unknown strategy 'foo'" in capsys.readouterr().err

@@ -162,7 +162,8 @@ def stats_markdown(results, reference="oreal"):
     order = sorted((s for s in summ if "aualc" in summ[s]), key=lambda s: -summ[s]["aualc_mean"])
     for s in order:
         m, lo, hi = t_interval(summ[s]["aualc"])
-        lines.append(f"| {s} | {len(summ[s]['aualc'])} | {100 * m:.1f} | [{100 * lo:.1f}, {100 * hi:.1f}] |")
+        ci = f"[{100 * lo:.1f}, {100 * hi:.1f}]" if len(summ[s]["aualc"]) > 1 else "- (one seed)"
+        lines.append(f"| {s} | {len(summ[s]['aualc'])} | {100 * m:.1f} | {ci} |")
     rows = comparisons(results, reference)
     if rows:
         lines += ["", "Paired AuALC differences (percentage points; per seed, same round 0): mean, bootstrap and "
@@ -170,6 +171,8 @@ def stats_markdown(results, reference="oreal"):
                   "| comparison | mean | bootstrap 95 % | t 95 % | wins | sign p |", "|---|---|---|---|---|---|"]
         for label, r in rows:
             b, t = r["boot"], r["t"]
-            lines.append(f"| {label} | {100 * r['mean']:+.2f} | [{100 * b[0]:+.2f}, {100 * b[1]:+.2f}] | "
-                         f"[{100 * t[0]:+.2f}, {100 * t[1]:+.2f}] | {r['wins']}/{r['n']} | {r['p_sign']:.3f} |")
+            boot, ci = (f"[{100 * b[0]:+.2f}, {100 * b[1]:+.2f}]", f"[{100 * t[0]:+.2f}, {100 * t[1]:+.2f}]") \
+                if r["n"] > 1 else ("- (one seed)", "-")
+            lines.append(f"| {label} | {100 * r['mean']:+.2f} | {boot} | {ci} | {r['wins']}/{r['n']} | "
+                         f"{r['p_sign']:.3f} |")
     return "\n".join(lines)

@@ -264,6 +264,11 @@ def test_stats_markdown_pairs_by_seed():
     bare = {("oreal" if k == "oreal:max" else k): v for k, v in summ.items()}
     assert {k: v["mean"] for k, v in comparisons({"summary": bare})} == {k: v["mean"] for k, v in rows.items()}
     assert max_vs_mean({"summary": bare}) == max_vs_mean({"summary": summ}) != []
+    # one seed: no interval to give (they printed as [nan, nan] and a one-point bootstrap)
+    one = {k: dict(v, seeds=v["seeds"][:1], aualc=v["aualc"][:1]) for k, v in summ.items()}
+    md = stats_markdown({"summary": one})
+    assert "nan" not in md and "| oreal:max | 1 | 70.0 | - (one seed) |" in md
+    assert "| oreal:max - random | +20.00 | - (one seed) | - | 1/1 |" in md
 
 
 # ------------------------------------------------------------------------------------------ the study path

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -665,8 +666,15 @@ class Experiment:
             self.bar.skip(result[1] - result[0])
 
         ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started is unsafe
-        with ctx.Pool(self.jobs, initializer=_worker_init,
-                      initargs=(self.cfg, str(self.out), self.cache_dir, os.getpid())) as pool:
+        # The workers start with SIGINT ignored (inherited): Ctrl-C, which reaches the whole process group, then
+        # interrupts only this process, which stops them, instead of printing a traceback from every worker.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = ctx.Pool(self.jobs, initializer=_worker_init,
+                            initargs=(self.cfg, str(self.out), self.cache_dir, os.getpid()))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        with pool:
             self.bar.begin(f"{self.jobs} workers")
             pending = []
             if self.cfg.full_supervision:

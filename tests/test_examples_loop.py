@@ -331,6 +331,23 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert f"interrupted: run the same command to resume from the saved rounds in {out}" in err
 
 
+def test_ctrl_c_with_workers_prints_no_tracebacks(tmp_path):
+    """Ctrl-C reaches the whole process group: with --jobs the workers printed their tracebacks (while starting)
+    or a line each (while training) before the parent's line; now only the parent reacts and stops them."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "examples.al_loop", *TINY, "--jobs", "2", "--out", str(out),
+                             "--no-plots"], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.time()  # until the workers have written a state: they are training
+    while proc.poll() is None and not list(out.glob("state/*.pt")) and time.time() - t0 < 120:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "SpawnPoolWorker" not in err, err[-3000:]
+    assert "interrupted: run the same command to resume" in err
+
+
 def test_refused_restart_deletes_nothing(tmp_path):
     """--restart while another run holds the folder's lock: refused, and that run's files are left alone."""
     out = tmp_path / "run"

@@ -65,11 +65,12 @@ def voronoi_superpixels(n: int, h: int, w: int, per_side: tuple[int, int], gen: 
 def synthetic_probs(n: int, c: int, h: int, w: int, gen: torch.Generator, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Smooth, fairly confident predictions with noisy boundaries, like a segmentation model's: drawn in float32
-    on the CPU one image at a time (the same values on every device), then moved to ``device`` and ``dtype``."""
+    on the CPU (the same values on every device) one image at a time (the same draws as for the whole batch at
+    once), then moved to ``device`` and ``dtype``."""
     out = torch.empty(n, c, h, w, dtype=dtype, device=device)
+    coarse = 4 * torch.randn(n, c, h // 32, w // 32, generator=gen)
     for i in range(n):
-        coarse = 4 * torch.randn(1, c, h // 32, w // 32, generator=gen)
-        logits = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        logits = torch.nn.functional.interpolate(coarse[i:i + 1], size=(h, w), mode="bilinear", align_corners=False)
         logits += 0.5 * torch.randn(1, c, h, w, generator=gen)
         out[i] = logits.softmax(1)[0]
     return out

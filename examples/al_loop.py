@@ -225,8 +225,8 @@ def save_state(path, state):
 
 def remove_stale_temps(folder: Path):
     """Delete the ``.NAME.oreal-XXXX.tmp`` files that a process killed inside :func:`atomic_write_bytes` left
-    in ``folder`` (a user's own ``.draft.tmp`` stays). Only call it while holding the folder's lock (:func:`lock_folder`): another live run's
-    temporary files would go too."""
+    in ``folder`` (a user's own ``.draft.tmp`` stays). Only call it while holding the folder's lock
+    (:func:`lock_folder`): another live run's temporary files would go too."""
     removed = []
     for p in sorted(Path(folder).glob(f".*{TEMP_MARK}*.tmp")):
         if p.is_file():

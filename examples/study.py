@@ -26,7 +26,8 @@ the other label schemes on the same setting), except those it sets itself (``--d
 per round, ``--compare`` adds another run at equal clicks to the report. ``--seeds`` and ``--strategies``
 narrow the run (the same output folder can be completed later with more: the loop resumes); ``--rounds`` is part
 of the configuration (the full-supervision schedule depends on it), so fewer rounds need another folder.
-``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few minutes on one core); the tests use it.
+``--reduced`` runs the same path on the embedded synthetic scenes at a test size (a few minutes on one core);
+the tests use it.
 """
 from __future__ import annotations
 

@@ -245,11 +245,11 @@ def refine(features: Tensor, probs: Tensor, labels: Tensor, *, ignore_index: int
     - with ``trust`` set, pixels with confidence ``max_c p_c(x) >= trust`` keep ``y`` unchecked **(ours)**.
 
     Labeled pixels keep their label and are never undecided. Without any labeled pixel every unlabeled pixel
-    is undecided (but for those that ``trust`` accepts). The features are laid out once channels-last (one copy of their size), then read in two
-    blocked passes (prototypes, then similarities); the other extra memory is a few ``block_size x D`` and
-    ``block_size x C`` temporaries and three pixel-sized vectors, never ``pixels x pixels``. The labels do not
-    depend on ``block_size`` except for a similarity within float rounding of a threshold. Deterministic on
-    the CPU.
+    is undecided (but for those that ``trust`` accepts). The features are laid out once channels-last (one copy of
+    their size), then read in two blocked passes (prototypes, then similarities); the other extra memory is a few
+    ``block_size x D`` and ``block_size x C`` temporaries and three pixel-sized vectors, never
+    ``pixels x pixels``. The labels do not depend on ``block_size`` except for a similarity within float rounding
+    of a threshold. Deterministic on the CPU.
 
     Args:
         features (Tensor[N, D, h, w]): a model layer's features, any spatial size (read per label pixel as in

@@ -315,12 +315,18 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT back to its default, which Python turns into KeyboardInterrupt; a test
+    suite started in the background of a shell (``cmd &``, ``nohup``) has it ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_how_to_resume(tmp_path):
     """SIGINT mid-run (Ctrl-C): exit code 130 and a line on resuming, not a traceback."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "examples.al_loop", *TINY, "--out", str(out), "--no-plots"],
                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     t0 = time.time()
     while proc.poll() is None and not (out / "state" / "random__seed0.pt").exists() and time.time() - t0 < 120:
         time.sleep(0.05)
@@ -337,7 +343,7 @@ def test_ctrl_c_with_workers_prints_no_tracebacks(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "examples.al_loop", *TINY, "--jobs", "2", "--out", str(out),
                              "--no-plots"], cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_default_sigint)
     t0 = time.time()  # until the workers have written a state: they are training
     while proc.poll() is None and not list(out.glob("state/*.pt")) and time.time() - t0 < 120:
         time.sleep(0.02)

@@ -156,6 +156,18 @@ def check_scheme(cfg):
                                  f"{spec!r} is not one (use balent:max with --unit pixel)")
 
 
+def full_spec(spec):
+    """``spec`` with the aggregation the loop runs it with: ``oreal`` -> ``oreal:max`` (a strategy's default is the
+    first it takes). Specs with an aggregation, strategies without any (``random``) and names this process does not
+    know stay as they are."""
+    name, agg = parse_strategy(spec)
+    if agg is None and name in oreal.strategies.available():
+        aggs = oreal.strategies.requirements(name)["aggregations"]
+        if aggs:
+            return f"{name}:{aggs[0]}"
+    return spec
+
+
 def check_strategies(specs):
     """Every spec names a strategy of ``oreal.strategies`` with an aggregation it accepts."""
     import oreal.strategies as strat
@@ -1099,14 +1111,13 @@ def config_from_args(a):
     if len(set(specs)) != len(specs):
         raise ValueError(f"--strategies lists a strategy twice: {a.strategies!r}")
     check_strategies(specs)
-    same = {}  # "oreal" and "oreal:max" are one strategy: the default aggregation is the first it takes
+    same = {}  # "oreal" and "oreal:max" are one strategy
     for s in specs:
-        name, agg = parse_strategy(s)
-        aggs = oreal.strategies.requirements(name)["aggregations"]
-        key = (name, agg or (aggs[0] if aggs else None))
+        key = full_spec(s)
+        name, _, agg = key.partition(":")
         if key in same:
             raise ValueError(f"--strategies lists {same[key]!r} and {s!r}, the same strategy ({name}'s default "
-                             f"aggregation is {key[1]})")
+                             f"aggregation is {agg})")
         same[key] = s
         if _needs_mc(name) and a.mc_samples < 2:
             raise ValueError(f"{s} measures disagreement between MC-dropout samples: --mc-samples must be at least 2, "

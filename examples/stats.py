@@ -99,20 +99,11 @@ def paired(a, b, resamples=10000, seed=0):
 
 def with_aggregations(summary):
     """``summary`` with every strategy listed without its aggregation (``oreal``) under the one the loop ran it
-    with (``oreal:max``, its default), so that the max-vs-mean and paired comparisons find it; strategies without
-    aggregations (``random``) and unknown ones keep their names."""
-    import oreal
+    with (``oreal:max``, :func:`examples.al_loop.full_spec`), so that the max-vs-mean and paired comparisons find
+    it."""
+    from .al_loop import full_spec
 
-    out = {}
-    for spec, entry in summary.items():
-        if ":" not in spec:
-            try:
-                aggs = oreal.strategies.requirements(spec)["aggregations"]
-            except ValueError:  # a strategy registered by the process that wrote the results
-                aggs = ()
-            spec = f"{spec}:{aggs[0]}" if aggs else spec
-        out[spec] = entry
-    return out
+    return {full_spec(spec): entry for spec, entry in summary.items()}
 
 
 def _aualc_by_seed(summary, spec):

@@ -125,10 +125,11 @@ def check_int(x: object, name: str, *, minimum: int = 0) -> int:
     return int(x)
 
 
-def check_flag(x: object, name: str) -> bool:
-    """``True`` or ``False``: a truthy stand-in (``"no"``, ``1``) is refused rather than read as a switch."""
+def check_flag(x: object, name: str, *, kind: str = "argument") -> bool:
+    """``True`` or ``False``: a truthy stand-in (``"no"``, ``1``) is refused rather than read as a switch. ``kind``
+    names what is checked in the message (``"argument"`` or ``"option"``)."""
     if not isinstance(x, bool):
-        raise TypeError(f"Expected argument `{name}` to be True or False, but got {type(x).__name__} {x!r}")
+        raise TypeError(f"Expected {kind} `{name}` to be True or False, but got {type(x).__name__} {x!r}")
     return x
 
 

@@ -40,7 +40,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from oreal._checks import check_choice, check_int, check_number, extremes
+from oreal._checks import check_choice, check_flag, check_int, check_number, extremes
 from oreal.labels import relabel_superpixels
 
 __all__ = ["METHODS", "compute", "compute_one"]
@@ -86,9 +86,7 @@ def _params(method: str, count: int, iterations: int, options: Dict[str, Any]) -
                          f"{sorted(_OPTIONS[method])}")
     p = dict(_OPTIONS[method], **options)
     if method == "seeds":
-        if not isinstance(p["double_step"], bool):
-            raise TypeError(f"Expected option `double_step` to be True or False, but got "
-                            f"{type(p['double_step']).__name__} {p['double_step']!r}")
+        check_flag(p["double_step"], "double_step", kind="option")
         p.update(levels=None if p["levels"] is None else check_int(p["levels"], "levels", minimum=1),
                  prior=check_int(p["prior"], "prior", minimum=0), bins=check_int(p["bins"], "bins", minimum=1))
     else:  # ruler and compactness > 0, sigma >= 0
@@ -153,8 +151,8 @@ def _compute_one(image: Any, p: Dict[str, Any]) -> Any:
             raise ValueError(f"SEEDS cannot divide a {H}x{W} image into count={p['count']} superpixels with "
                              f"levels={p['levels']}: its block grid does not fit (OpenCV's SEEDS would crash); use "
                              f"a larger image or another count, or method='slic' / 'skimage_slic'")
-        lv = min(levels, key=lambda lv: abs(make(lv).getNumberOfSuperpixels() - p["count"]))
-        s = make(lv)
+        # the count closest to the one asked for, more levels first on ties (each grid built once)
+        s = min((make(lv) for lv in levels), key=lambda s: abs(s.getNumberOfSuperpixels() - p["count"]))
         s.iterate(lab_img, p["iterations"])
     else:
         if min(H, W) < 2:

@@ -182,8 +182,8 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     superpixel weighs in proportion to its pixels; a term with no pixel (no pair) is 0 and contributes no
     gradient. Pixels with ``sp_map == -1`` and superpixels with an empty row in ``weak`` take no part.
     Computed in log space, ``ln q = log_softmax(z / T)`` and ``-ln sum_{c in Y} q_c = -logsumexp_{c in Y} ln q_c``
-    (the largest logit subtracted first, so large logits keep the digits of ``ln q``), so it stays finite wherever
-    ``z / T`` is (``validate_args`` checks that it does not overflow). The maxima over superpixels are one
+    (the largest logit subtracted first, so large logits keep the digits of ``ln q``; clamped at 0 where rounding
+    leaves it an ulp below, with the formula's gradient), so it stays finite wherever ``z / T`` is (``validate_args`` checks that it does not overflow). The maxima over superpixels are one
     ``scatter_reduce`` per class plane; on ties the gradient is split evenly among the tied pixels
     (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may differ between calls in the
     last bits (``scatter_add``).
@@ -235,6 +235,9 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     # equal large numbers and lose the digits of ln q (2 % at logits of 6e4 in float32)
     log_q = torch.log_softmax(z, dim=1)
     term = -torch.logsumexp(log_q.masked_fill(~in_set, float("-inf")), dim=1)  # -ln sum_{c in Y} q_c, (N, P)
+    # -ln sum_Y q >= 0, but where Y holds (nearly) all the mass rounding can leave it an ulp below 0: the value is
+    # clamped at 0, its gradient stays the formula's (detach), so training is the same as without the clamp
+    term = term + (term.clamp_min(0) - term).detach()
     zero = z.new_zeros(())
     one, multi = size == 1, size >= 2
     ce = torch.where(one, term, zero).sum() / one.sum().clamp_min(1)

@@ -183,8 +183,9 @@ def weak_loss(logits: Tensor, sp_map: Tensor, weak: Tensor, num_superpixels: int
     gradient. Pixels with ``sp_map == -1`` and superpixels with an empty row in ``weak`` take no part.
     Computed in log space, ``ln q = log_softmax(z / T)`` and ``-ln sum_{c in Y} q_c = -logsumexp_{c in Y} ln q_c``
     (the largest logit subtracted first, so large logits keep the digits of ``ln q``; clamped at 0 where rounding
-    leaves it an ulp below, with the formula's gradient), so it stays finite wherever ``z / T`` is (``validate_args`` checks that it does not overflow). The maxima over superpixels are one
-    ``scatter_reduce`` per class plane; on ties the gradient is split evenly among the tied pixels
+    leaves it an ulp below, with the formula's gradient), so it stays finite wherever ``z / T`` is
+    (``validate_args`` checks that it does not overflow). The maxima over superpixels are one ``scatter_reduce``
+    per class plane; on ties the gradient is split evenly among the tied pixels
     (``torch.scatter_reduce``'s rule). Deterministic on the CPU; on CUDA the sums may differ between calls in the
     last bits (``scatter_add``).
 
